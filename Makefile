@@ -1,0 +1,48 @@
+# Every target creates the virtual environment on first use; nothing needs installing by hand.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONFIG ?= providers.yaml
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run check demo test lint fmt clean
+
+help:
+	@echo "make run      start the proxy with $(CONFIG)"
+	@echo "make check    validate $(CONFIG) and print the routing table"
+	@echo "make demo     a fake upstream and the proxy: see a streamed answer without API keys"
+	@echo "make test     run the test suite"
+	@echo "make lint     ruff and mypy --strict"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m proxy serve --config $(CONFIG)
+
+check: $(STAMP)
+	$(BIN)/python -m proxy check --config $(CONFIG)
+
+demo: $(STAMP)
+	$(BIN)/python -m tests.fakes.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check proxy tests
+	$(BIN)/ruff format --check proxy tests
+	$(BIN)/mypy proxy
+
+fmt: $(STAMP)
+	$(BIN)/ruff format proxy tests
+	$(BIN)/ruff check --fix proxy tests
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,268 @@
+"""One upstream attempt, up to the moment it becomes an answer or a classified failure.
+
+An attempt is an answer only once there is something to relay: a complete JSON body for a plain
+request, the first data event for a stream (a 200 with no tokens is not an answer, SPEC §6).
+Everything before that point can still fail over; this module reports which §5 class a failure
+falls in, by exception type, never by message text.
+
+Failure classes at this layer (transport errors split by phase, then kind):
+
+    before the status line:  refused, reset, DNS, connect timeout -> connect_error
+                             no status within `first_byte`        -> timeout
+    after a non-2xx status:  classified from status/headers/body  (proxy.classify)
+    after a 2xx status:      reset before the answer              -> connect_error
+                             silent past `first_byte`             -> timeout
+                             not JSON / not SSE / error event     -> bad_response
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import ClientResponse, ClientSession
+from multidict import CIMultiDictProxy
+
+from proxy.classify import (
+    BAD_RESPONSE_VERDICT,
+    CONNECT_ERROR_VERDICT,
+    TIMEOUT_VERDICT,
+    Outcome,
+    Verdict,
+    classify_response,
+)
+from proxy.sse import DONE_DATA, SSEDecoder, SSEError, SSEEvent
+from proxy.streamstate import is_error_event
+from proxy.timing import timeout_at as _timeout_at
+from proxy.upstream import send, take_buffered
+
+_ERROR_BODY_LIMIT = 1024 * 1024  # an upstream error body larger than this is cut when relayed
+
+
+@dataclass(slots=True)
+class Failed:
+    """A failed attempt; `status`/`body` are set when the upstream answered with an error."""
+
+    verdict: Verdict
+    status: int | None = None
+    headers: CIMultiDictProxy[str] | None = None
+    body: bytes = b""
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class Answer:
+    """A complete plain (non-stream) answer, ready to relay."""
+
+    verdict: Verdict
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    parsed: Any
+    ttfb: float
+
+
+@dataclass(slots=True)
+class OpenStream:
+    """A stream that produced its first data event; the rest is read by the relay."""
+
+    verdict: Verdict
+    response: ClientResponse
+    decoder: SSEDecoder
+    events: list[SSEEvent]  # decoded so far, in order, the first data event among them
+    parsed: list[Any] = field(default_factory=list)  # JSON of `events` (None for [DONE])
+    ttfb: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptLimits:
+    connect: float
+    first_byte: float  # relative to the attempt's start
+    idle: float
+    deadline: float  # absolute, on time.monotonic(): the request's total budget
+
+
+def _failed_transport(exc: BaseException) -> Failed:
+    if isinstance(exc, TimeoutError):
+        return Failed(TIMEOUT_VERDICT, detail="no answer in time")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return Failed(BAD_RESPONSE_VERDICT, detail="malformed HTTP response")
+    return Failed(CONNECT_ERROR_VERDICT, detail=type(exc).__name__)
+
+
+async def _read_error_body(response: ClientResponse, limits: AttemptLimits) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with _timeout_at(min(limits.deadline, time.monotonic() + limits.idle)):
+            async for chunk in response.content.iter_any():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size >= _ERROR_BODY_LIMIT:
+                    break
+    except (TimeoutError, aiohttp.ClientError):
+        pass  # what arrived is enough to classify; the status already says it failed
+    return b"".join(chunks)[:_ERROR_BODY_LIMIT]
+
+
+async def _open(
+    session: ClientSession,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    limits: AttemptLimits,
+    started: float,
+) -> ClientResponse | Failed:
+    try:
+        async with _timeout_at(min(limits.deadline, started + limits.first_byte)):
+            return await send(session, url, body, headers, limits.connect)
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        return _failed_transport(exc)
+
+
+async def _fail_from_status(response: ClientResponse, limits: AttemptLimits) -> Failed:
+    body = await _read_error_body(response, limits)
+    response.release()
+    verdict = classify_response(response.status, response.headers, body, time.time())
+    return Failed(verdict, response.status, response.headers, body)
+
+
+async def plain(
+    session: ClientSession,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    limits: AttemptLimits,
+) -> Answer | Failed:
+    """Send a non-stream request and read the whole answer."""
+    started = time.monotonic()
+    opened = await _open(session, url, body, headers, limits, started)
+    if isinstance(opened, Failed):
+        return opened
+    response = opened
+    ttfb = time.monotonic() - started
+    try:
+        if not 200 <= response.status < 300:
+            return await _fail_from_status(response, limits)
+        try:
+            async with _timeout_at(limits.deadline):
+                data = await response.read()
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return _failed_transport(exc)
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return Failed(BAD_RESPONSE_VERDICT, response.status, response.headers, b"", "not JSON")
+        verdict = classify_response(response.status, response.headers, b"", time.time())
+        return Answer(verdict, response.status, response.headers, data, parsed, ttfb)
+    finally:
+        response.release()
+
+
+async def stream(
+    session: ClientSession,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    limits: AttemptLimits,
+) -> OpenStream | Failed:
+    """Send a stream request and read up to its first data event.
+
+    On success the response stays open and belongs to the caller.
+    """
+    started = time.monotonic()
+    opened = await _open(session, url, body, headers, limits, started)
+    if isinstance(opened, Failed):
+        return opened
+    response = opened
+    keep_open = False
+    try:
+        if not 200 <= response.status < 300:
+            return await _fail_from_status(response, limits)
+        if response.content_type != "text/event-stream":
+            return Failed(BAD_RESPONSE_VERDICT, detail=f"not a stream ({response.content_type})")
+        verdict = classify_response(response.status, response.headers, b"", time.time())
+        decoder = SSEDecoder()
+        result = await _first_event(response, decoder, limits, started)
+        if isinstance(result, Failed):
+            return result
+        events, parsed = result
+        keep_open = True
+        return OpenStream(verdict, response, decoder, events, parsed, time.monotonic() - started)
+    finally:
+        if not keep_open:
+            response.close()
+
+
+async def _first_event(
+    response: ClientResponse, decoder: SSEDecoder, limits: AttemptLimits, started: float
+) -> tuple[list[SSEEvent], list[Any]] | Failed:
+    """Read until the first data event that is a real answer chunk."""
+    content = response.content
+    events: list[SSEEvent] = []
+    parsed: list[Any] = []
+    try:
+        async with _timeout_at(min(limits.deadline, started + limits.first_byte)):
+            while True:
+                try:
+                    chunk = await content.readany()
+                except aiohttp.ClientPayloadError:
+                    chunk = take_buffered(content)
+                    if not chunk:
+                        return Failed(CONNECT_ERROR_VERDICT, detail="reset before the answer")
+                    new = decoder.feed(chunk) + decoder.flush()
+                    if not _accept(new, events, parsed):
+                        return Failed(CONNECT_ERROR_VERDICT, detail="reset before the answer")
+                    return events, parsed
+                new = decoder.feed(chunk) if chunk else decoder.flush()
+                verdict = _screen(new)
+                if verdict is not None:
+                    return Failed(verdict, detail="error or empty stream before the answer")
+                if _accept(new, events, parsed):
+                    return events, parsed
+                if not chunk:
+                    return Failed(BAD_RESPONSE_VERDICT, detail="stream ended before any data")
+    except TimeoutError:
+        return Failed(TIMEOUT_VERDICT, detail="no data event in time")
+    except (aiohttp.ClientError, OSError):
+        return Failed(CONNECT_ERROR_VERDICT, detail="reset before the answer")
+    except SSEError:
+        return Failed(BAD_RESPONSE_VERDICT, detail="broken event stream")
+
+
+def _screen(new: list[SSEEvent]) -> Verdict | None:
+    """Before the first answer chunk: an error event, `[DONE]` or invalid JSON is a failure."""
+    for event in new:
+        if event.data == DONE_DATA:
+            return BAD_RESPONSE_VERDICT
+        try:
+            obj = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            return BAD_RESPONSE_VERDICT
+        if is_error_event(obj):
+            return BAD_RESPONSE_VERDICT
+        return None  # the first event decides; later ones are the relay's business
+    return None
+
+
+def _accept(new: list[SSEEvent], events: list[SSEEvent], parsed: list[Any]) -> bool:
+    """Append decoded events; True once a data event that answers has been seen."""
+    for event in new:
+        if event.data == DONE_DATA:
+            events.append(event)
+            parsed.append(None)
+            continue
+        try:
+            obj = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            obj = None
+        events.append(event)
+        parsed.append(obj)
+    return any(obj is not None for obj in parsed)
+
+
+def is_success(result: Answer | OpenStream | Failed) -> bool:
+    return not isinstance(result, Failed) and result.verdict.outcome is Outcome.OK

@@ -1,0 +1,351 @@
+"""The HTTP front: a low-level `aiohttp.web.Server` with a small dispatch table.
+
+No router and no middleware chain: the path is looked up in a dict, then auth, body limits and
+JSON checks run inline, and routed requests go to `Forwarder`. Every answer carries
+`x-request-id`; every error the proxy makes is OpenAI-shaped JSON (SPEC §7, §8). An unexpected
+exception becomes a 500 naming the request id, with the traceback in the log only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import ClientSession, web
+from aiohttp.web import BaseRequest
+
+from proxy import errors
+from proxy.errors import ProxyError
+from proxy.forward import Call, Forwarder
+from proxy.gateway import Gateway
+from proxy.observer import NullObserver, Observer
+from proxy.requestlog import log_request
+from proxy.sse import encode_event
+from proxy.upstream import forwardable_headers, new_session
+
+log = logging.getLogger("proxy.server")
+
+Handler = Callable[[BaseRequest, str], Awaitable[web.StreamResponse]]
+
+# API path (after `/v1/`) -> metric route label. Other POST paths are routed as "other".
+ROUTES = {
+    "chat/completions": "chat_completions",
+    "completions": "completions",
+    "embeddings": "embeddings",
+    "responses": "responses",
+}
+_MAX_REQUEST_ID = 128
+SHUTDOWN_EVENT = encode_event(
+    errors.error_body(
+        "The proxy is shutting down and ended this stream before it was complete.",
+        "api_error",
+        "shutdown",
+    )
+)
+
+
+class ProxyServer:
+    """Holds the live gateway, the pooled client session and the request handler."""
+
+    def __init__(self, gateway: Gateway, observer: Observer | None = None) -> None:
+        self.gateway = gateway
+        self.observer: Observer = observer if observer is not None else NullObserver()
+        self.draining = False
+        self.inflight = 0
+        self.metrics_handler: Handler | None = None
+        self._session: ClientSession | None = None
+        self._calls: dict[asyncio.Task[Any], Call] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._forwarders: dict[int, Forwarder] = {}
+        self._api_keys = tuple(k.reveal().encode() for k in gateway.settings.server.api_keys)
+        self._exact: dict[str, tuple[str, Handler]] = {
+            "/healthz": ("GET", self._healthz),
+            "/readyz": ("GET", self._readyz),
+            "/metrics": ("GET", self._metrics),
+            "/v1/models": ("GET", self._models),
+            "/models": ("GET", self._models),
+        }
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._session = new_session()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def wait_idle(self) -> None:
+        """Return once no routed request is in flight (callers bound it with a timeout)."""
+        await self._idle.wait()
+
+    async def end_streams(self) -> None:
+        """Shutdown past the grace period: end open streams with an error event, cancel the rest."""
+        tasks = list(self._calls)
+        for task, call in list(self._calls.items()):
+            call.interrupted = "shutdown"
+            stream = call.client_stream
+            if stream is not None and stream.response is not None and stream.prepared:
+                with contextlib.suppress(ConnectionResetError, RuntimeError, OSError):
+                    await stream.response.write(SHUTDOWN_EVENT)
+                if call.provider is not None and call.tier is not None:
+                    self.observer.interruption(call.tier, call.provider, "shutdown")
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
+    def swap(self, gateway: Gateway) -> None:
+        """Serve new requests from `gateway`; requests in flight keep the one they started on."""
+        self.gateway = gateway
+        self._api_keys = tuple(k.reveal().encode() for k in gateway.settings.server.api_keys)
+        self._forwarders.clear()
+
+    def web_server(self) -> web.Server:
+        return web.Server(self.handle, handler_cancellation=True, access_log=None)
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    async def handle(self, request: BaseRequest) -> web.StreamResponse:
+        request_id = _request_id(request.headers.get("x-request-id"))
+        try:
+            response = await self._dispatch(request, request_id)
+        except ProxyError as exc:
+            response = _error(exc, request_id)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:
+            log.exception("unexpected error", extra={"request_id": request_id})
+            response = _error(errors.internal_error(request_id), request_id)
+        if not response.prepared:
+            response.headers["x-request-id"] = request_id
+        return response
+
+    async def _dispatch(self, request: BaseRequest, request_id: str) -> web.StreamResponse:
+        path = request.path
+        exact = self._exact.get(path)
+        if exact is not None:
+            method, handler = exact
+            if request.method != method and not (method == "GET" and request.method == "HEAD"):
+                raise errors.method_not_allowed(request.method, (method,))
+            return await handler(request, request_id)
+        api_path = _api_path(path)
+        if api_path is None:
+            raise errors.not_found(path)
+        if api_path.startswith("models/"):
+            if request.method not in ("GET", "HEAD"):
+                raise errors.method_not_allowed(request.method, ("GET",))
+            return await self._model(request, request_id, api_path[len("models/") :])
+        if request.method != "POST":
+            if api_path in ROUTES:
+                raise errors.method_not_allowed(request.method, ("POST",))
+            raise errors.not_found(path)
+        return await self._routed(request, request_id, api_path)
+
+    # -- auth and input ------------------------------------------------------------------
+
+    def _authorize(self, request: BaseRequest) -> None:
+        if not self._api_keys:
+            return
+        token = _presented_key(request)
+        if token is None:
+            raise errors.invalid_api_key()
+        presented = token.encode()
+        # Compare against every key without stopping early: timing reveals nothing.
+        matched = False
+        for key in self._api_keys:
+            matched |= hmac.compare_digest(presented, key)
+        if not matched:
+            raise errors.invalid_api_key()
+
+    async def _read_body(self, request: BaseRequest) -> bytes:
+        limit = self.gateway.settings.server.max_body_bytes
+        length = request.content_length
+        if length is not None and length > limit:
+            raise errors.body_too_large(limit)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise errors.body_too_large(limit)
+            chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    # -- routed requests -----------------------------------------------------------------
+
+    async def _routed(
+        self, request: BaseRequest, request_id: str, api_path: str
+    ) -> web.StreamResponse:
+        self._authorize(request)
+        gateway = self.gateway
+        started = time.monotonic()
+        body = await self._read_body(request)
+        payload = _parse_payload(body)
+        model = payload["model"]
+        call = Call(
+            request_id=request_id,
+            route=ROUTES.get(api_path, "other"),
+            path=api_path,
+            body=body,
+            payload=payload,
+            model=model,
+            stream=payload.get("stream") is True,
+            forwarded=forwardable_headers(request.headers.items()),
+            started=started,
+        )
+        self.inflight += 1
+        self._idle.clear()
+        task = asyncio.current_task()
+        if task is not None:
+            self._calls[task] = call
+        try:
+            return await self._forwarder(gateway).serve(request, call)
+        except asyncio.CancelledError:
+            if call.interrupted != "shutdown":
+                call.status = 499  # client closed the request (nginx's convention, log only)
+                self.observer.client_disconnect(call.route)
+            raise
+        except ProxyError as exc:
+            call.status = exc.status
+            raise
+        except Exception:
+            call.status = 500
+            raise
+        finally:
+            self.inflight -= 1
+            if self.inflight == 0:
+                self._idle.set()
+            if task is not None:
+                self._calls.pop(task, None)
+            model_label = gateway.table.metric_model(model)
+            self.observer.request_done(
+                call.route, model_label, call.status, call.tier, time.monotonic() - started
+            )
+            log_request(call, model_label, started)
+
+    def _forwarder(self, gateway: Gateway) -> Forwarder:
+        forwarder = self._forwarders.get(id(gateway))
+        if forwarder is None or self._session is None:
+            assert self._session is not None, "ProxyServer.start() was not awaited"
+            forwarder = Forwarder(
+                gateway,
+                self._session,
+                self.observer,
+                gateway.settings.server.sse_keepalive_seconds,
+            )
+            self._forwarders[id(gateway)] = forwarder
+        return forwarder
+
+    # -- plain endpoints -----------------------------------------------------------------
+
+    async def _healthz(self, request: BaseRequest, request_id: str) -> web.StreamResponse:
+        return _json({"status": "ok"})
+
+    async def _readyz(self, request: BaseRequest, request_id: str) -> web.StreamResponse:
+        if self.draining:
+            return _json({"status": "draining"}, status=503)
+        if not self.gateway.ready:
+            return _json({"status": "no provider enabled"}, status=503)
+        return _json({"status": "ready"})
+
+    async def _metrics(self, request: BaseRequest, request_id: str) -> web.StreamResponse:
+        if self.metrics_handler is None:
+            raise errors.not_found(request.path)
+        return await self.metrics_handler(request, request_id)
+
+    async def _models(self, request: BaseRequest, request_id: str) -> web.StreamResponse:
+        self._authorize(request)
+        table = self.gateway.table
+        owners = _model_owners(self.gateway)
+        data = [_model_object(name, owners.get(name, "llmproxy")) for name in table.public_models]
+        data += [_model_object(name, name.split("/", 1)[0]) for name in table.pinned_names()]
+        return _json({"object": "list", "data": data})
+
+    async def _model(
+        self, request: BaseRequest, request_id: str, model_id: str
+    ) -> web.StreamResponse:
+        self._authorize(request)
+        table = self.gateway.table
+        plan = table.plan(model_id, "chat/completions")
+        if plan.empty:
+            plan = table.plan(model_id, "embeddings")
+        if plan.empty:
+            raise errors.model_not_found(model_id)
+        return _json(_model_object(model_id, plan.tiers[0][0].provider.name))
+
+
+def _request_id(given: str | None) -> str:
+    if given and len(given) <= _MAX_REQUEST_ID and given.isprintable() and given.isascii():
+        return given
+    return uuid.uuid4().hex
+
+
+def _api_path(path: str) -> str | None:
+    """`/v1/chat/completions` or `/chat/completions` -> `chat/completions`."""
+    if path.startswith("/v1/"):
+        rest = path[4:]
+    elif path.startswith("/"):
+        rest = path[1:]
+    else:
+        return None
+    return rest or None
+
+
+def _presented_key(request: BaseRequest) -> str | None:
+    auth = request.headers.get("Authorization")
+    if auth is not None:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        return None
+    return request.headers.get("x-api-key") or request.headers.get("api-key")
+
+
+def _parse_payload(body: bytes) -> dict[str, Any]:
+    if not body:
+        raise errors.bad_request("The request body is empty; send a JSON object.")
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise errors.bad_request(f"The request body is not valid JSON: {exc.msg}.") from None
+    if not isinstance(payload, dict):
+        raise errors.bad_request("The request body must be a JSON object.")
+    model = payload.get("model")
+    if model is None:
+        raise errors.bad_request("'model' is required.", param="model")
+    if not isinstance(model, str) or not model:
+        raise errors.bad_request("'model' must be a non-empty string.", param="model")
+    return payload
+
+
+def _model_owners(gateway: Gateway) -> dict[str, str]:
+    owners: dict[str, str] = {}
+    for provider in gateway.table.enabled:
+        if provider.models is not None:
+            for name in provider.models.public_names():
+                owners.setdefault(name, provider.name)
+    return owners
+
+
+def _model_object(model_id: str, owner: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": owner}
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(obj), content_type="application/json")
+
+
+def _error(exc: ProxyError, request_id: str) -> web.Response:
+    response = web.Response(status=exc.status, body=exc.body(), content_type="application/json")
+    for name, value in exc.headers:
+        response.headers[name] = value
+    return response
