@@ -73,16 +73,17 @@ class ClientStream:
             loop = asyncio.get_running_loop()
             self._early = loop.call_later(self._keepalive, self._start_prepare)
 
-    def _start_prepare(self) -> None:
+    def _start_prepare(self, early: bool = True) -> None:
         if self._prepare_task is None:
             response = SSEResponse(self._headers, self._keepalive)
             self.response = response
-            self._prepare_task = asyncio.ensure_future(self._prepare(response))
+            self._prepare_task = asyncio.ensure_future(self._prepare(response, early))
 
-    async def _prepare(self, response: SSEResponse) -> None:
+    async def _prepare(self, response: SSEResponse, early: bool) -> None:
         await response.prepare(self._request)
-        # Headers went out with nothing behind them: tell the client we are alive now.
-        await response.write(_KEEPALIVE)
+        if early:
+            # Headers went out with nothing behind them: tell the client we are alive now.
+            await response.write(_KEEPALIVE)
 
     async def commit(self, extra_headers: Mapping[str, str]) -> SSEResponse:
         """Prepare the response (with routing headers unless already sent) and return it."""
@@ -91,7 +92,7 @@ class ClientStream:
             self._early = None
         if self._prepare_task is None:
             self._headers.update(extra_headers)
-            self._start_prepare()
+            self._start_prepare(early=False)
         assert self._prepare_task is not None and self.response is not None
         await self._prepare_task
         return self.response

@@ -104,7 +104,7 @@ class _KeyState:
         )
 
     def cool_model(self, upstream_model: str, until: float, now: float) -> None:
-        if until <= now:
+        if until <= now or until <= self.model_until.get(upstream_model, _NEVER):
             return
         self.prune(now)
         self.model_until[upstream_model] = until

@@ -101,7 +101,8 @@ class Relay:
             await self._client.write(b"".join(frames))
         if self._cut is None and not self._done_seen:
             await self._pump()
-        if self._cut is None and self._tracker.kind.uses_done:
+        # `[DONE]` ends chat and completion streams always, other APIs only when they sent it.
+        if self._cut is None and (self._tracker.kind.uses_done or self._done_seen):
             await self._client.write(DONE)
         return RelayResult(self._cut, self.malformed, self.events, self._detail)
 

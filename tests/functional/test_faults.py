@@ -646,3 +646,35 @@ async def test_persistent_429_never_hammers_the_upstream(
             assert r.status == 429
     # Each key asked once; afterwards every key is cooling and no request reaches the upstream.
     assert len(upstream.seen) == 3
+
+
+async def test_client_leaving_mid_stream_cancels_the_upstream_and_frees_the_key(
+    upstream: FakeUpstream, make_proxy: ProxyFactory
+) -> None:
+    upstream.script(Stream(delay=0.2))  # a slow stream the client abandons after one event
+    proxy = await make_proxy(document({"p": provider(upstream.base_url, keys=["k1"])}))
+    async with proxy.post("/v1/chat/completions", chat(stream=True)) as r:
+        first = await r.content.readline()
+        assert first.startswith(b"data: ")
+        r.close()
+    assert await upstream.wait_disconnected(0)
+    pool = proxy.server.gateway.pool
+    for _ in range(100):
+        if pool.key_views(time.monotonic())[0].in_flight == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert pool.key_views(time.monotonic())[0].in_flight == 0
+    text = await proxy.metrics_text()
+    assert 'llmproxy_client_disconnects_total{route="chat_completions"} 1.0' in text
+
+
+async def test_other_api_streams_relay_done_only_when_sent(
+    upstream: FakeUpstream, make_proxy: ProxyFactory
+) -> None:
+    upstream.script(Stream(events=[{"a": 1}], done=True), Stream(events=[{"a": 2}], done=False))
+    proxy = await make_proxy(document({"p": provider(upstream.base_url)}))
+    body = {"model": "gpt-test", "stream": True}
+    async with proxy.post("/v1/custom/stream", body) as r:
+        assert await read_sse(r) == [b'{"a":1}', b"[DONE]"]
+    async with proxy.post("/v1/custom/stream", body) as r:
+        assert await read_sse(r) == [b'{"a":2}']
