@@ -1,7 +1,14 @@
 """The one log line per request (SPEC §10), and the JSON log format.
 
-Fields only, never bodies or keys. Nothing is built unless the line will be emitted, so a
-proxy logging at WARNING pays nothing per request for this.
+Every line has the same fields, so a log pipeline can rely on them: `request_id`, `route`,
+`model` (the public model label of the metrics: a configured name or "other"; null when the
+request was rejected before its body was read), `stream`, `status`, `tier` and `provider` of
+the answer (null when no upstream answered), `attempts` (`provider:outcome` in order),
+`ttfb_ms` (the serving attempt's time to its first byte, for streams its first data event),
+`duration_ms`, `prompt_tokens`, `completion_tokens`, plus `interrupted` when a stream was cut.
+
+Fields only, never bodies, headers or keys. Nothing is built unless the line will be emitted,
+so a proxy logging at WARNING pays nothing per request for this.
 """
 
 from __future__ import annotations
@@ -39,6 +46,28 @@ def log_request(call: Call, model_label: str, started: float) -> None:
     }
     if call.interrupted:
         fields["interrupted"] = call.interrupted
+    access_log.info("request", extra={"fields": fields})
+
+
+def log_unrouted(request_id: str, route: str, status: int, duration: float) -> None:
+    """The line of a request answered without an upstream: rejected (401, 400, 404, 405,
+    413) or served by the proxy itself (models list, status)."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    fields: dict[str, Any] = {
+        "request_id": request_id,
+        "route": route,
+        "model": None,
+        "stream": None,
+        "status": status,
+        "tier": None,
+        "provider": None,
+        "attempts": [],
+        "ttfb_ms": None,
+        "duration_ms": round(duration * 1000, 1),
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+    }
     access_log.info("request", extra={"fields": fields})
 
 
