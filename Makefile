@@ -6,14 +6,16 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= providers.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run check demo test lint fmt clean
+.PHONY: help venv run check demo test lint fmt clean bench bench-compare
 
 help:
 	@echo "make run      start the proxy with $(CONFIG)"
 	@echo "make check    validate $(CONFIG) and print the routing table"
 	@echo "make demo     a fake upstream and the proxy: see a streamed answer without API keys"
 	@echo "make test     run the test suite"
-	@echo "make lint     ruff and mypy --strict"
+	@echo "make lint     ruff, mypy --strict and hadolint (Dockerfile)"
+	@echo "make bench    the proxy against the upstream alone (BENCH_QUICK=1: ~1 min)"
+	@echo "make bench-compare   the same, also against bare aiohttp, nginx and LiteLLM"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,10 +41,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check proxy tests
 	$(BIN)/ruff format --check proxy tests
 	$(BIN)/mypy proxy
+	$(BIN)/hadolint --failure-threshold style Dockerfile
 
 fmt: $(STAMP)
 	$(BIN)/ruff format proxy tests
 	$(BIN)/ruff check --fix proxy tests
+
+# Benchmarks (README, "Performance"); they install wrk, nginx and LiteLLM when missing.
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench.run
+
+bench-compare: $(STAMP)
+	$(BIN)/python -m tests.bench.run --compare
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
