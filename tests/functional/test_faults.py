@@ -361,12 +361,23 @@ async def test_404_costs_the_key_nothing(
     assert [s.key for s in a.seen] == ["k1", "k1"]
 
 
-async def test_waits_for_a_cooldown_within_max_wait_rather_than_drop_a_tier(
-    upstream_factory: UpstreamFactory, make_proxy: ProxyFactory
+@pytest.mark.parametrize(
+    ("retry_header", "served_by", "premium_asks"),
+    [
+        ({"retry-after-ms": "300"}, "premium", 2),  # within max_wait: wait, ask the same key again
+        ({"Retry-After": "10"}, "cheap", 1),  # beyond max_wait: drop to the next tier
+    ],
+)
+async def test_waits_for_a_cooldown_only_within_max_wait(
+    upstream_factory: UpstreamFactory,
+    make_proxy: ProxyFactory,
+    retry_header: dict[str, str],
+    served_by: str,
+    premium_asks: int,
 ) -> None:
     premium = await upstream_factory("premium")
     cheap = await upstream_factory("cheap")
-    premium.script(Reply(429, json=err(), headers={"retry-after-ms": "300"}))
+    premium.script(Reply(429, json=err(), headers=retry_header))
     proxy = await make_proxy(
         document(
             {
@@ -378,29 +389,12 @@ async def test_waits_for_a_cooldown_within_max_wait_rather_than_drop_a_tier(
     )
     async with proxy.post("/v1/chat/completions", chat()) as r:
         assert r.status == 200
-        assert r.headers["x-proxy-provider"] == "premium"
-    assert not cheap.seen
-    assert len(premium.seen) == 2
-    assert premium.seen[1].at - premium.seen[0].at >= 0.3  # asked again only after the cooldown
-
-
-async def test_does_not_wait_beyond_max_wait(
-    upstream_factory: UpstreamFactory, make_proxy: ProxyFactory
-) -> None:
-    premium = await upstream_factory("premium")
-    cheap = await upstream_factory("cheap")
-    premium.script(Reply(429, json=err(), headers={"Retry-After": "10"}))
-    proxy = await make_proxy(
-        document(
-            {
-                "premium": provider(premium.base_url, keys=["k1"]),
-                "cheap": provider(cheap.base_url, tier=2),
-            },
-            defaults={"max_wait": 2},
-        )
-    )
-    async with proxy.post("/v1/chat/completions", chat()) as r:
-        assert r.headers["x-proxy-provider"] == "cheap"
+        assert r.headers["x-proxy-provider"] == served_by
+    assert len(premium.seen) == premium_asks
+    assert len(cheap.seen) == (1 if served_by == "cheap" else 0)
+    if premium_asks == 2:
+        # Asked again only once the cooldown was over.
+        assert premium.seen[1].at - premium.seen[0].at >= 0.3
 
 
 async def test_concurrency_cap_is_never_exceeded(
