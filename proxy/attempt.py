@@ -36,6 +36,7 @@ from proxy.classify import (
 )
 from proxy.sse import DONE_DATA, SSEDecoder, SSEError, SSEEvent
 from proxy.streamstate import is_error_event
+from proxy.timing import loop_time_at
 from proxy.timing import timeout_at as _timeout_at
 from proxy.upstream import send, take_buffered
 
@@ -139,19 +140,24 @@ async def plain(
 ) -> Answer | Failed:
     """Send a non-stream request and read the whole answer."""
     started = time.monotonic()
-    opened = await _open(session, url, body, headers, limits, started)
-    if isinstance(opened, Failed):
-        return opened
-    response = opened
-    ttfb = time.monotonic() - started
+    response: ClientResponse | None = None
+    data = b""
+    try:
+        # One timer for both phases, moved once: the headers within `first_byte`, then the
+        # body within the request's budget (a second asyncio.timeout cost more than that).
+        async with _timeout_at(min(limits.deadline, started + limits.first_byte)) as timer:
+            response = await send(session, url, body, headers, limits.connect)
+            ttfb = time.monotonic() - started
+            if 200 <= response.status < 300:
+                timer.reschedule(loop_time_at(limits.deadline))
+                data = await response.read()
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        if response is not None:
+            response.release()
+        return _failed_transport(exc)
     try:
         if not 200 <= response.status < 300:
             return await _fail_from_status(response, limits)
-        try:
-            async with _timeout_at(limits.deadline):
-                data = await response.read()
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return _failed_transport(exc)
         try:
             parsed = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -218,10 +224,12 @@ async def _first_event(
                         return Failed(CONNECT_ERROR_VERDICT, detail="reset before the answer")
                     return events, parsed
                 new = decoder.feed(chunk) if chunk else decoder.flush()
-                verdict = _screen(new)
+                first = len(parsed)
+                answered = _accept(new, events, parsed)
+                verdict = _screen(new[0], parsed[first]) if new else None
                 if verdict is not None:
                     return Failed(verdict, detail="error or empty stream before the answer")
-                if _accept(new, events, parsed):
+                if answered:
                     return events, parsed
                 if not chunk:
                     return Failed(BAD_RESPONSE_VERDICT, detail="stream ended before any data")
@@ -233,18 +241,22 @@ async def _first_event(
         return Failed(BAD_RESPONSE_VERDICT, detail="broken event stream")
 
 
-def _screen(new: list[SSEEvent]) -> Verdict | None:
-    """Before the first answer chunk: an error event, `[DONE]` or invalid JSON is a failure."""
-    for event in new:
-        if event.data == DONE_DATA:
-            return BAD_RESPONSE_VERDICT
+def _screen(event: SSEEvent, obj: Any) -> Verdict | None:
+    """Before the first answer chunk: an error event, `[DONE]` or invalid JSON is a failure.
+
+    Only the first event of a read decides; later ones are the relay's business. `obj` is
+    its JSON as `_accept` parsed it (None for invalid JSON, and for a JSON `null`).
+    """
+    if event.data == DONE_DATA:
+        return BAD_RESPONSE_VERDICT
+    if obj is None:
         try:
-            obj = orjson.loads(event.data)
+            orjson.loads(event.data)  # parsed only on this rare path, to tell null from invalid
         except orjson.JSONDecodeError:
             return BAD_RESPONSE_VERDICT
-        if is_error_event(obj):
-            return BAD_RESPONSE_VERDICT
-        return None  # the first event decides; later ones are the relay's business
+        return None
+    if is_error_event(obj):
+        return BAD_RESPONSE_VERDICT
     return None
 
 

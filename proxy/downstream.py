@@ -92,8 +92,13 @@ class ClientStream:
             self._early = None
         if self._prepare_task is None:
             self._headers.update(extra_headers)
-            self._start_prepare(early=False)
-        assert self._prepare_task is not None and self.response is not None
+            # Nothing went out yet: prepare right here. A task of its own would cost its
+            # creation and a loop iteration before the first byte, on every stream.
+            response = SSEResponse(self._headers, self._keepalive)
+            self.response = response
+            await response.prepare(self._request)
+            return response
+        assert self.response is not None
         await self._prepare_task
         return self.response
 

@@ -11,6 +11,7 @@ one write. The relay ends in exactly one of these ways (SPEC §6):
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -29,7 +30,7 @@ from proxy.classify import (
 from proxy.downstream import SSEResponse
 from proxy.sse import DONE, DONE_DATA, SSEError, SSEEvent, encode_event
 from proxy.streamstate import StreamKind, StreamTracker, is_error_event
-from proxy.timing import timeout_at as _timeout_at
+from proxy.timing import ReadTimer
 from proxy.upstream import take_buffered
 
 # After every choice has finished, an upstream that keeps the connection open is not waited on
@@ -107,19 +108,29 @@ class Relay:
         return RelayResult(self._cut, self.malformed, self.events, self._detail)
 
     async def _pump(self) -> None:
+        timer = ReadTimer()
+        try:
+            await self._pump_with(timer)
+        finally:
+            timer.close()
+
+    async def _pump_with(self, timer: ReadTimer) -> None:
         content = self._opened.response.content
         decoder = self._opened.decoder
         while True:
             finished = self._tracker.finished
             wait = LINGER_AFTER_FINISH if finished else self._idle
+            timer.start(min(self._deadline, time.monotonic() + wait))
             try:
-                async with _timeout_at(min(self._deadline, time.monotonic() + wait)):
-                    chunk = await content.readany()
-            except TimeoutError:
+                chunk = await content.readany()
+            except asyncio.CancelledError:
+                if not timer.expired():
+                    raise
                 if not finished:
                     self._cut, self._detail = Cut.IDLE_TIMEOUT, "upstream went silent"
                 return
             except aiohttp.ClientPayloadError:
+                timer.stop()
                 await self._write_decoded(decoder.feed(take_buffered(content)) + decoder.flush())
                 if not (self._tracker.finished or self._done_seen) and self._cut is None:
                     self._cut, self._detail = Cut.RESET, "upstream connection lost"
@@ -131,6 +142,7 @@ class Relay:
             except SSEError:
                 self._cut, self._detail = Cut.RESET, "broken event stream"
                 return
+            timer.stop()
             if not chunk:  # clean end of the body
                 await self._write_decoded(decoder.flush())
                 if self._cut is None and not self._done_seen and not self._ended_complete():
@@ -154,33 +166,46 @@ class Relay:
             await self._client.write(b"".join(frames))
 
     def _render(self, events: list[SSEEvent], parsed: list[Any] | None, out: list[bytes]) -> None:
+        # Runs once per event: everything that does not change between events is looked
+        # up once per read instead.
+        if self._cut is not None or self._done_seen:
+            return
         tracker = self._tracker
+        observe = tracker.observe
+        dumps = orjson.dumps
+        rewrites = self._drop_usage_chunk or self._skip_role_only or self._rewrite_id is not None
+        written = 0
         for i, event in enumerate(events):
-            if self._cut is not None or self._done_seen:
-                return
             data = event.data
             if data == DONE_DATA:
                 self._done_seen = True
                 if not tracker.finished and not tracker.choices_finished and tracker.kind.uses_done:
                     # `[DONE]` without a finish reason: the answer was cut, not completed.
                     self._cut, self._detail = Cut.TRUNCATED, "upstream ended before finishing"
-                return
+                break
             obj = parsed[i] if parsed is not None else _loads(data)
             if obj is None:
                 self.malformed += 1
                 continue
             if is_error_event(obj):
                 self._cut, self._detail = Cut.ERROR_EVENT, "upstream sent an error event"
-                return
-            tracker.observe(obj, event.event)
-            if self._drop_usage_chunk and _is_bare_usage_chunk(obj):
-                continue
-            if self._skip_role_only and _is_role_only_chunk(obj):
-                continue
-            if self._rewrite_id is not None and isinstance(obj, dict) and "id" in obj:
-                obj["id"] = self._rewrite_id
-            out.append(encode_event(orjson.dumps(obj), event.event))
-            self.events += 1
+                break
+            name = event.event
+            observe(obj, name)
+            if rewrites:
+                if self._drop_usage_chunk and _is_bare_usage_chunk(obj):
+                    continue
+                if self._skip_role_only and _is_role_only_chunk(obj):
+                    continue
+                if self._rewrite_id is not None and isinstance(obj, dict) and "id" in obj:
+                    obj["id"] = self._rewrite_id
+            if name is None:
+                # `encode_event` inlined: compact orjson output holds no line break.
+                out.append(b"data: " + dumps(obj) + b"\n\n")
+            else:
+                out.append(encode_event(dumps(obj), name))
+            written += 1
+        self.events += written
 
 
 def _loads(data: bytes) -> Any:

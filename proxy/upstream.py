@@ -8,6 +8,7 @@ default 300 s total timeout is switched off so long generations are never cut.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 
 import aiohttp
@@ -97,9 +98,15 @@ async def send(
         url,
         data=body,
         headers=headers,
-        timeout=ClientTimeout(total=None, connect=connect_timeout, sock_read=None),
+        timeout=_attempt_timeout(connect_timeout),
         allow_redirects=False,
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _attempt_timeout(connect: float) -> ClientTimeout:
+    # One immutable value per configured connect timeout, not one object per request.
+    return ClientTimeout(total=None, connect=connect, sock_read=None)
 
 
 def take_buffered(content: StreamReader) -> bytes:

@@ -1,0 +1,1 @@
+"""`make bench` and `make bench-compare`: see the README, section "Performance"."""
