@@ -116,7 +116,6 @@ class Relay:
 
     async def _pump_with(self, timer: ReadTimer) -> None:
         content = self._opened.response.content
-        decoder = self._opened.decoder
         while True:
             finished = self._tracker.finished
             wait = LINGER_AFTER_FINISH if finished else self._idle
@@ -131,7 +130,8 @@ class Relay:
                 return
             except aiohttp.ClientPayloadError:
                 timer.stop()
-                await self._write_decoded(decoder.feed(take_buffered(content)) + decoder.flush())
+                if not await self._decode_and_write(take_buffered(content), final=True):
+                    return
                 if not (self._tracker.finished or self._done_seen) and self._cut is None:
                     self._cut, self._detail = Cut.RESET, "upstream connection lost"
                 return
@@ -139,18 +139,29 @@ class Relay:
                 if not finished:
                     self._cut, self._detail = Cut.RESET, "upstream connection lost"
                 return
-            except SSEError:
-                self._cut, self._detail = Cut.RESET, "broken event stream"
-                return
             timer.stop()
+            if not await self._decode_and_write(chunk, final=not chunk):
+                return
             if not chunk:  # clean end of the body
-                await self._write_decoded(decoder.flush())
                 if self._cut is None and not self._done_seen and not self._ended_complete():
                     self._cut, self._detail = Cut.TRUNCATED, "upstream ended before finishing"
                 return
-            await self._write_decoded(decoder.feed(chunk))
             if self._cut is not None or self._done_seen:
                 return
+
+    async def _decode_and_write(self, chunk: bytes, *, final: bool) -> bool:
+        """Decode one read (and the rest, when `final`) and relay it; False if the stream
+        broke (an event over the decoder's size limit: the answer cannot go on)."""
+        decoder = self._opened.decoder
+        try:
+            events = decoder.feed(chunk) if chunk else []
+            if final:
+                events += decoder.flush()
+        except SSEError:
+            self._cut, self._detail = Cut.RESET, "broken event stream"
+            return False
+        await self._write_decoded(events)
+        return True
 
     def _ended_complete(self) -> bool:
         # A clean end after every finish reason is complete: `[DONE]` is added. For APIs

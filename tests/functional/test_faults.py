@@ -672,3 +672,16 @@ async def test_other_api_streams_relay_done_only_when_sent(
         assert await read_sse(r) == [b'{"a":1}', b"[DONE]"]
     async with proxy.post("/v1/custom/stream", body) as r:
         assert await read_sse(r) == [b'{"a":2}']
+
+
+async def test_an_oversized_event_mid_stream_ends_it_with_an_error_event(
+    upstream: FakeUpstream, make_proxy: ProxyFactory
+) -> None:
+    huge = b"data: " + b"x" * (17 * 1024 * 1024)  # past the decoder's 16 MiB limit, no newline
+    upstream.script(Stream(events=[*cut_events(), huge], done=False))
+    proxy = await make_proxy(document({"p": provider(upstream.base_url)}))
+    async with proxy.post("/v1/chat/completions", chat(stream=True)) as r:
+        assert r.status == 200
+        data = await read_sse(r)
+    assert orjson.loads(data[-1])["error"]["code"] == "stream_reset"
+    assert b"[DONE]" not in data
