@@ -71,19 +71,19 @@ class ClientStream:
         """Start the clock: headers and keepalives go out if nothing is ready in time."""
         if self._early is None and self._prepare_task is None:
             loop = asyncio.get_running_loop()
-            self._early = loop.call_later(self._keepalive, self._start_prepare)
+            self._early = loop.call_later(self._keepalive, self._prepare_early)
 
-    def _start_prepare(self, early: bool = True) -> None:
+    def _prepare_early(self) -> None:
+        """The keepalive timer fired before any answer: send headers and a keepalive now."""
         if self._prepare_task is None:
             response = SSEResponse(self._headers, self._keepalive)
             self.response = response
-            self._prepare_task = asyncio.ensure_future(self._prepare(response, early))
+            self._prepare_task = asyncio.ensure_future(self._prepare(response))
 
-    async def _prepare(self, response: SSEResponse, early: bool) -> None:
+    async def _prepare(self, response: SSEResponse) -> None:
         await response.prepare(self._request)
-        if early:
-            # Headers went out with nothing behind them: tell the client we are alive now.
-            await response.write(_KEEPALIVE)
+        # Headers went out with nothing behind them: tell the client we are alive now.
+        await response.write(_KEEPALIVE)
 
     async def commit(self, extra_headers: Mapping[str, str]) -> SSEResponse:
         """Prepare the response (with routing headers unless already sent) and return it."""
