@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,7 +20,8 @@ import orjson
 from aiohttp import ClientSession, web
 from aiohttp.web import BaseRequest
 
-from proxy import errors
+from proxy import clientrequest, errors
+from proxy.clientrequest import ROUTES
 from proxy.errors import ProxyError
 from proxy.forward import Call, Forwarder
 from proxy.gateway import Gateway
@@ -35,18 +35,6 @@ log = logging.getLogger("proxy.server")
 
 Handler = Callable[[BaseRequest, str], Awaitable[web.StreamResponse]]
 
-# API path (after `/v1/`) -> metric route label. Other POST paths are routed as "other".
-ROUTES = {
-    "chat/completions": "chat_completions",
-    "completions": "completions",
-    "embeddings": "embeddings",
-    "responses": "responses",
-}
-_UNMETERED = frozenset({"/healthz", "/readyz", "/metrics"})
-_MAX_REQUEST_ID = 128
-# Version 4 and RFC 4122 variant bits of a UUID, as `uuid.UUID(version=4)` sets them.
-_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
-_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
 SHUTDOWN_EVENT = encode_event(
     errors.error_body(
         "The proxy is shutting down and ended this stream before it was complete.",
@@ -141,7 +129,7 @@ class ProxyServer:
                 self._idle.set()
 
     async def _handle(self, request: BaseRequest) -> web.StreamResponse:
-        request_id = _request_id(request.headers.get("x-request-id"))
+        request_id = clientrequest.request_id(request.headers.get("x-request-id"))
         try:
             response = await self._dispatch(request, request_id)
         except ProxyError as exc:
@@ -159,7 +147,7 @@ class ProxyServer:
         path = request.path
         exact = self._exact.get(path)
         if exact is None:
-            api_path = _api_path(path)
+            api_path = clientrequest.api_path(path)
             if (
                 api_path is not None
                 and request.method == "POST"
@@ -168,7 +156,7 @@ class ProxyServer:
                 return await self._routed(request, request_id, api_path)
         # Everything else is answered here; it is counted and logged like a routed request,
         # except probes and scrapes, which would drown the traffic they measure.
-        route = _route_label(path)
+        route = clientrequest.route_label(path)
         if route is None:
             return await self._endpoint(request, request_id, exact)
         started = time.monotonic()
@@ -198,7 +186,7 @@ class ProxyServer:
             if request.method != method and not (method == "GET" and request.method == "HEAD"):
                 raise errors.method_not_allowed(request.method, (method,))
             return await handler(request, request_id)
-        api_path = _api_path(path)
+        api_path = clientrequest.api_path(path)
         if api_path is None:
             raise errors.not_found(path)
         if api_path.startswith("models/"):
@@ -215,7 +203,7 @@ class ProxyServer:
     def _authorize(self, request: BaseRequest) -> None:
         if not self._api_keys:
             return
-        token = _presented_key(request)
+        token = clientrequest.presented_key(request.headers)
         if token is None:
             raise errors.invalid_api_key()
         presented = token.encode()
@@ -251,7 +239,7 @@ class ProxyServer:
         try:
             self._authorize(request)
             body = await self._read_body(request)
-            payload = _parse_payload(body)
+            payload = clientrequest.parse_payload(body)
         except ProxyError as exc:
             self._unrouted_done(request_id, route, exc.status, started)
             raise
@@ -366,66 +354,6 @@ class ProxyServer:
         if plan.empty:
             raise errors.model_not_found(model_id)
         return _json(_model_object(model_id, plan.tiers[0][0].provider.name))
-
-
-def _request_id(given: str | None) -> str:
-    if given and len(given) <= _MAX_REQUEST_ID and given.isprintable() and given.isascii():
-        return given
-    # The hex of a version-4 UUID, as uuid.uuid4().hex, without its getrandom() syscall and
-    # UUID object (2.9 -> 0.5 us): an id correlates log lines, it guards nothing, and
-    # `random` is reseeded in forked workers.
-    return f"{(random.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET:032x}"
-
-
-def _api_path(path: str) -> str | None:
-    """`/v1/chat/completions` or `/chat/completions` -> `chat/completions`."""
-    if path.startswith("/v1/"):
-        rest = path[4:]
-    elif path.startswith("/"):
-        rest = path[1:]
-    else:
-        return None
-    return rest or None
-
-
-def _route_label(path: str) -> str | None:
-    """The metric route of a request answered without an upstream; None for probes and
-    scrapes (`/healthz`, `/readyz`, `/metrics`), which are not counted."""
-    if path in _UNMETERED:
-        return None
-    api_path = _api_path(path)
-    if api_path is None:
-        return "other"
-    if api_path == "models" or api_path.startswith("models/"):
-        return "models"
-    return ROUTES.get(api_path, "other")
-
-
-def _presented_key(request: BaseRequest) -> str | None:
-    auth = request.headers.get("Authorization")
-    if auth is not None:
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-        return None
-    return request.headers.get("x-api-key") or request.headers.get("api-key")
-
-
-def _parse_payload(body: bytes) -> dict[str, Any]:
-    if not body:
-        raise errors.bad_request("The request body is empty; send a JSON object.")
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise errors.bad_request(f"The request body is not valid JSON: {exc.msg}.") from None
-    if not isinstance(payload, dict):
-        raise errors.bad_request("The request body must be a JSON object.")
-    model = payload.get("model")
-    if model is None:
-        raise errors.bad_request("'model' is required.", param="model")
-    if not isinstance(model, str) or not model:
-        raise errors.bad_request("'model' must be a non-empty string.", param="model")
-    return payload
 
 
 def _model_owners(gateway: Gateway) -> dict[str, str]:

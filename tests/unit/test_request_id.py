@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from proxy.server import _request_id
+from proxy.clientrequest import request_id as _request_id
 
 
 def test_a_fresh_id_is_a_version_4_uuid_in_hex() -> None:
