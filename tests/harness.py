@@ -136,3 +136,18 @@ async def read_sse(response: aiohttp.ClientResponse) -> list[bytes]:
 
 
 ProxyFactory = Callable[..., Awaitable[ProxyHarness]]
+
+
+def scenario_document(a: str, b: str, limited: str, cut: str, slow: str) -> dict[str, Any]:
+    """Five providers for the traffic scenarios of the metrics and log tests: `a` (tier 1,
+    one key) and `b` (tier 2) serve gpt-test; `limited`, `cut` and `slow` each serve a model
+    of their own. Arguments are the fakes' base URLs."""
+    return document(
+        {
+            "a": provider(a, keys=["key-a"], models=["gpt-test"]),
+            "b": provider(b, tier=2, models=["gpt-test"]),
+            "limited": provider(limited, keys=["key-l"], models=["gpt-limited"]),
+            "cut": provider(cut, models=["gpt-cut"]),
+            "slow": provider(slow, models=["gpt-slow"]),
+        }
+    )

@@ -19,7 +19,7 @@ from proxy.lifecycle import Lifecycle
 from proxy.metrics import LATENCY_BUCKETS
 from tests.fakes.upstream import Hang, Reply, Stream, UpstreamFactory, chat_stream_events
 from tests.functional.scrape import Scrape
-from tests.harness import AUTH, ProxyFactory, chat, document, provider, read_sse
+from tests.harness import AUTH, ProxyFactory, chat, document, provider, read_sse, scenario_document
 
 # SPEC §9, verbatim: family name (as the parser names it) -> (type, label names).
 SPEC_FAMILIES: dict[str, tuple[str, frozenset[str]]] = {
@@ -185,15 +185,7 @@ async def test_values_after_failover_stream_429_interruption_and_disconnect(
         await upstream_factory("cut"),
         await upstream_factory("slow"),
     )
-    doc = document(
-        {
-            "a": provider(a.base_url, keys=["key-a"], models=["gpt-test"]),
-            "b": provider(b.base_url, tier=2, models=["gpt-test"]),
-            "limited": provider(limited.base_url, keys=["key-l"], models=["gpt-limited"]),
-            "cut": provider(cut.base_url, models=["gpt-cut"]),
-            "slow": provider(slow.base_url, models=["gpt-slow"]),
-        }
-    )
+    doc = scenario_document(a.base_url, b.base_url, limited.base_url, cut.base_url, slow.base_url)
     proxy = await make_proxy(doc)
     assert proxy.session is not None
 

@@ -27,7 +27,7 @@ from tests.fakes.upstream import (
     chat_completion_body,
     chat_stream_events,
 )
-from tests.harness import ProxyFactory, chat, document, provider, read_sse
+from tests.harness import ProxyFactory, chat, document, provider, read_sse, scenario_document
 
 FIELDS = {
     "request_id",
@@ -85,15 +85,7 @@ async def test_one_line_per_request_with_every_field(
     a, b, limited, cut, slow = [
         await upstream_factory(n) for n in ("a", "b", "limited", "cut", "slow")
     ]
-    doc = document(
-        {
-            "a": provider(a.base_url, keys=["key-a"], models=["gpt-test"]),
-            "b": provider(b.base_url, tier=2, models=["gpt-test"]),
-            "limited": provider(limited.base_url, keys=["key-l"], models=["gpt-limited"]),
-            "cut": provider(cut.base_url, models=["gpt-cut"]),
-            "slow": provider(slow.base_url, models=["gpt-slow"]),
-        }
-    )
+    doc = scenario_document(a.base_url, b.base_url, limited.base_url, cut.base_url, slow.base_url)
     proxy = await make_proxy(doc)
 
     # A stream that fails over from tier 1 to tier 2, with usage.
