@@ -1,4 +1,4 @@
-"""Typed field readers: raw YAML values -> ints, floats, booleans, strings and enums.
+"""Typed field readers: raw YAML values -> ints, floats, booleans, strings, enums, credentials.
 
 `Reader` checks one value at a time against what its field accepts, expands `${VAR}`
 references in strings, and records one message per problem (naming the YAML path)
@@ -32,8 +32,16 @@ class Range:
     high: float | None = None
 
 
-#: An integer as written in YAML or in an environment variable (sign allowed).
-INTEGER = re.compile(r"[+-]?[0-9]+")
+# The rules most numeric fields follow.
+POSITIVE = Range(strictly_above=True)
+NON_NEGATIVE = Range()
+COUNT = Range(integer=True, low=1)
+
+#: Whitespace or a control character: never part of a credential or a URL.
+BLANK_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
+
+# An integer as written in YAML or in an environment variable (sign allowed).
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 _PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 _DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 _TRUE = frozenset({"true", "yes", "on", "1"})
@@ -157,7 +165,7 @@ class Reader:
         if not math.isfinite(value):
             self.fail(path, f"expected a finite number, got {value}")
             return None
-        problem = out_of_range(value, rule)
+        problem = _out_of_range(value, rule)
         if problem:
             self.fail(path, problem)
             return None
@@ -190,16 +198,40 @@ class Reader:
         self.fail(path, f"expected one of {options}, got {json.dumps(text)}")
         return None
 
+    def credential(self, value: object, path: str) -> str | None:
+        """A credential: expanded and stripped; "" when it expands to nothing."""
+        text = self.string(value, path, secret=True)
+        return None if text is None else self.clean_credential(text, path)
+
+    def clean_credential(self, text: str, path: str) -> str | None:
+        """An already expanded credential, stripped; None (and a message) when unusable."""
+        # Surrounding blanks are copy-paste noise; inside a key they would break the header.
+        text = text.strip()
+        if BLANK_OR_CONTROL.search(text):
+            self.fail(path, "must not contain whitespace or control characters")
+            return None
+        return text
+
+    def env_integer(self, variable: str, rule: Range) -> int | None:
+        """The integer in the environment variable `variable`, which must be set."""
+        text = self.environ[variable].strip()
+        value = int(text) if _INTEGER.fullmatch(text) else None
+        if value is None or _out_of_range(value, rule):
+            bounds = f"between {rule.low:g} and {rule.high:g}" if rule.high else f">= {rule.low:g}"
+            self.fail(variable, f"expected an integer {bounds}, got {json.dumps(text)}")
+            return None
+        return value
+
 
 def _parse_number(text: str, *, integer: bool) -> int | float | None:
-    if INTEGER.fullmatch(text):
+    if _INTEGER.fullmatch(text):
         return int(text)
     if not integer and _DECIMAL.fullmatch(text):
         return float(text)
     return None
 
 
-def out_of_range(value: float, rule: Range) -> str | None:
+def _out_of_range(value: float, rule: Range) -> str | None:
     """What is wrong with `value` under `rule`'s bounds, or None when it is within them."""
     shown = json.dumps(value)
     if rule.high is not None and not rule.low <= value <= rule.high:

@@ -80,6 +80,11 @@ def env_name(provider: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", provider.upper())
 
 
+def describe_absence(variable: str, environ: Mapping[str, str]) -> str:
+    """Why a reference to `variable` expanded to nothing: `VAR unset` or `VAR empty`."""
+    return f"{variable} unset" if variable not in environ else f"{variable} empty"
+
+
 def _render(parts: tuple[_Part, ...], environ: Mapping[str, str]) -> str:
     out: list[str] = []
     for part in parts:

@@ -1,14 +1,12 @@
 """The key pool: which key serves the next attempt, and what each answer does to it.
 
-State is kept per (provider name, key fingerprint) and a circuit breaker per endpoint
-base URL (SPEC §4). Pure: no I/O, and the clock is never read; every method that needs
-time takes `now` in monotonic seconds.
+State is kept per (provider name, key fingerprint) and a circuit breaker (`proxy.breaker`)
+per endpoint base URL (SPEC §4). Pure: no I/O, and the clock is never read; every method
+that needs time takes `now` in monotonic seconds.
 
 A key is usable for an upstream model when it is neither disabled (auth or forbidden)
 nor cooling as a whole (quota), nor cooling for that model (rate limit), and is below
-`max_concurrent_per_key`. An endpoint's breaker opens after `breaker.failures`
-consecutive provider failures, stays open for `open_seconds`, then lets exactly one
-probe through at a time: its success closes the breaker, its failure re-opens it.
+`max_concurrent_per_key`.
 
 On a reload the new pool adopts the old pool's state objects for keys and endpoints that
 still exist, so leases handed out by the old pool release into the same state.
@@ -21,8 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from proxy.breaker import Breaker, BreakerView
 from proxy.classify import KEY_FAILURES, MAX_COOLDOWN, PROVIDER_FAILURES, Outcome, Verdict
-from proxy.settings import BreakerSettings, Cooldown, Endpoint, Key, Provider, Rotation
+from proxy.settings import Cooldown, Endpoint, Key, Provider, Rotation
 
 KEYLESS = "keyless"
 """The key name of a provider that sends no credential."""
@@ -68,16 +67,6 @@ class KeyView:
     consecutive_failures: int
 
 
-@dataclass(frozen=True, slots=True)
-class BreakerView:
-    """One endpoint breaker's state, per provider that uses the endpoint."""
-
-    provider: str
-    base_url: str
-    state: str  # "closed" | "open" | "half_open"
-    open_remaining: float
-
-
 @dataclass(slots=True)
 class _KeyState:
     in_flight: int = 0
@@ -121,36 +110,6 @@ class _KeyState:
         return "ready", 0.0
 
 
-@dataclass(slots=True)
-class _Breaker:
-    failures: int = 0
-    open_until: float | None = None  # None: closed
-    probing: bool = False
-
-    def state(self, now: float) -> str:
-        if self.open_until is None:
-            return "closed"
-        return "open" if now < self.open_until else "half_open"
-
-    def judge(self, failed: bool, probe: bool, settings: BreakerSettings, now: float) -> None:
-        if probe:
-            if failed:
-                self.failures += 1
-                self.open_until = now + settings.open_seconds
-            else:
-                self.failures = 0
-                self.open_until = None
-        elif self.open_until is not None:
-            return  # while not closed only the probe speaks: this attempt predates the opening
-        elif not failed:
-            self.failures = 0
-        else:
-            self.failures += 1
-            # `failures: 0` turns the breaker off rather than opening it on every failure.
-            if 0 < settings.failures <= self.failures:
-                self.open_until = now + settings.open_seconds
-
-
 @dataclass(frozen=True, slots=True)
 class _Slot:
     key: Key | None
@@ -176,7 +135,7 @@ class Lease:
     probe: bool
     provider_settings: Provider = field(repr=False)
     _state: _KeyState = field(repr=False)
-    _breaker: _Breaker = field(repr=False)
+    _breaker: Breaker = field(repr=False)
     _released: bool = field(default=False, repr=False)
 
 
@@ -187,7 +146,7 @@ class KeyPool:
         old_states = {} if previous is None else previous._states
         old_breakers = {} if previous is None else previous._breakers
         self._states: dict[tuple[str, str, int], _KeyState] = {}
-        self._breakers: dict[str, _Breaker] = {}
+        self._breakers: dict[str, Breaker] = {}
         self._entries: dict[str, _Entry] = {}
         for provider in providers:
             if not provider.enabled:
@@ -203,7 +162,7 @@ class KeyPool:
             for endpoint in provider.endpoints:
                 if endpoint.disabled_reason is None and endpoint.base_url not in self._breakers:
                     breaker = old_breakers.get(endpoint.base_url)
-                    self._breakers[endpoint.base_url] = breaker or _Breaker()
+                    self._breakers[endpoint.base_url] = breaker or Breaker()
 
     def acquire(
         self,
@@ -220,7 +179,7 @@ class KeyPool:
         entry = self._entries.get(provider.name)
         if entry is None:
             return Refusal(Skip.DISABLED, None)
-        breaker = self._breakers.setdefault(endpoint.base_url, _Breaker())
+        breaker = self._breakers.setdefault(endpoint.base_url, Breaker())
         probe = False
         if breaker.open_until is not None:
             if now < breaker.open_until:

@@ -15,9 +15,10 @@ from typing import Any
 
 import orjson
 
+from proxy.breaker import BreakerView
 from proxy.errors import scrub
 from proxy.gateway import Gateway
-from proxy.keypool import BreakerView, KeyView
+from proxy.keypool import KeyView
 from proxy.settings import Provider
 
 KEY_STATES = ("ready", "cooling", "disabled")

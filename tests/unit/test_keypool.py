@@ -18,8 +18,9 @@ from hypothesis.stateful import (
     rule,
 )
 
+from proxy.breaker import BreakerView
 from proxy.classify import Outcome, Verdict
-from proxy.keypool import KEYLESS, BreakerView, KeyPool, KeyView, Lease, Refusal, Skip
+from proxy.keypool import KEYLESS, KeyPool, KeyView, Lease, Refusal, Skip
 from proxy.settings import (
     BreakerSettings,
     Cooldown,
