@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import hashlib
 import ipaddress
 import logging
 import signal
@@ -39,7 +40,7 @@ WATCH_INTERVAL = 1.0
 # busy (a request read in the very last moment) may take before it is closed.
 _CLOSE_TIMEOUT = 1.0
 
-FileIdentity = tuple[int, int, int, str]
+FileIdentity = tuple[int, int, int, str, bytes]
 
 
 def is_loopback(host: str) -> bool:
@@ -74,13 +75,19 @@ def run(settings: Settings, config_path: str) -> int:
 
 def file_identity(path: str) -> FileIdentity | None:
     """What changes when the file's content is replaced: by an in-place write (mtime, size),
-    a rename over it (inode) or a symlink swap such as a ConfigMap's `..data` (real path)."""
+    a rename over it (inode) or a symlink swap such as a ConfigMap's `..data` (real path).
+
+    A digest of the content too: two writes of the same size within one tick of the file
+    system's clock leave mtime and size alone. The file is a few kilobytes, read once a
+    second.
+    """
     try:
         real = Path(path).resolve()
         st = real.stat()
+        digest = hashlib.blake2b(real.read_bytes(), digest_size=16).digest()
     except (OSError, RuntimeError):  # RuntimeError: a symlink loop, mid-edit
         return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size, str(real))
+    return (st.st_ino, st.st_mtime_ns, st.st_size, str(real), digest)
 
 
 def log_disabled(settings: Settings) -> None:

@@ -60,7 +60,8 @@ class ProxyServer:
         self._calls: dict[asyncio.Task[Any], Call] = {}
         self._idle = asyncio.Event()
         self._idle.set()
-        self._forwarders: dict[int, Forwarder] = {}
+        # The forwarder of the live gateway, built with it (it needs the session, hence start()).
+        self._forwarder: Forwarder | None = None
         self._api_keys = tuple(k.reveal().encode() for k in gateway.settings.server.api_keys)
         self._exact: dict[str, tuple[str, Handler]] = {
             "/healthz": ("GET", self._healthz),
@@ -76,6 +77,7 @@ class ProxyServer:
 
     async def start(self) -> None:
         self._session = new_session()
+        self._forwarder = self._new_forwarder(self.gateway)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -105,7 +107,8 @@ class ProxyServer:
         """Serve new requests from `gateway`; requests in flight keep the one they started on."""
         self.gateway = gateway
         self._api_keys = tuple(k.reveal().encode() for k in gateway.settings.server.api_keys)
-        self._forwarders.clear()
+        if self._session is not None:
+            self._forwarder = self._new_forwarder(gateway)
 
     def web_server(self) -> web.Server:
         return web.Server(self.handle, handler_cancellation=True, access_log=None)
@@ -233,7 +236,9 @@ class ProxyServer:
     async def _routed(
         self, request: BaseRequest, request_id: str, api_path: str
     ) -> web.StreamResponse:
-        gateway = self.gateway
+        # Both taken now: a reload while the body uploads must not split a request's state.
+        gateway, forwarder = self.gateway, self._forwarder
+        assert forwarder is not None, "ProxyServer.start() was not awaited"
         started = time.monotonic()
         route = ROUTES.get(api_path, "other")
         try:
@@ -264,7 +269,7 @@ class ProxyServer:
         if task is not None:
             self._calls[task] = call
         try:
-            return await self._forwarder(gateway).serve(request, call)
+            return await forwarder.serve(request, call)
         except asyncio.CancelledError:
             sent = call.client_stream is not None and call.client_stream.prepared
             if call.interrupted == "shutdown" and task is not None and not sent:
@@ -298,18 +303,11 @@ class ProxyServer:
         self.observer.request_done(route, "other", status, None, duration)
         log_unrouted(request_id, route, status, duration)
 
-    def _forwarder(self, gateway: Gateway) -> Forwarder:
-        forwarder = self._forwarders.get(id(gateway))
-        if forwarder is None or self._session is None:
-            assert self._session is not None, "ProxyServer.start() was not awaited"
-            forwarder = Forwarder(
-                gateway,
-                self._session,
-                self.observer,
-                gateway.settings.server.sse_keepalive_seconds,
-            )
-            self._forwarders[id(gateway)] = forwarder
-        return forwarder
+    def _new_forwarder(self, gateway: Gateway) -> Forwarder:
+        assert self._session is not None
+        return Forwarder(
+            gateway, self._session, self.observer, gateway.settings.server.sse_keepalive_seconds
+        )
 
     # -- plain endpoints -----------------------------------------------------------------
 

@@ -5,6 +5,7 @@ compares. See `tests/procs.py` for how it runs.
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,20 @@ def test_file_identity_changes_with_every_way_a_config_is_replaced(tmp_path: Pat
     after = file_identity(str(link))
     assert before is not None and after is not None and after != before
     assert after[3].endswith("..2026_y/providers.yaml")
+
+
+def test_file_identity_changes_when_a_same_size_write_keeps_the_timestamp(tmp_path: Path) -> None:
+    # Two writes within one tick of the file system's clock: mtime and size stay the same.
+    config = tmp_path / "providers.yaml"
+    config.write_text("a: 1\n")
+    stat = config.stat()
+    before = file_identity(str(config))
+    config.write_text("a: 2\n")
+    os.utime(config, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    after = file_identity(str(config))
+    assert before is not None and after is not None
+    assert after[:4] == before[:4]  # inode, mtime, size and path alone would miss it
+    assert after != before
 
 
 def test_file_identity_of_a_missing_file_is_none(tmp_path: Path) -> None:
