@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# Two stamps: `make run` installs what serving needs, the dev tools come with the first
+# target that uses them (tests, lint, demo, benchmarks).
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 CONFIG ?= providers.yaml
 
 .DEFAULT_GOAL := help
@@ -17,41 +20,45 @@ help:
 	@echo "make bench    the proxy against the upstream alone (BENCH_QUICK=1: ~1 min)"
 	@echo "make bench-compare   the same, also against bare aiohttp, nginx and LiteLLM"
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+$(DEV_STAMP): $(RUN_STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $(DEV_STAMP)
 
-venv: $(STAMP)
+venv: $(DEV_STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/python -m proxy serve --config $(CONFIG)
 
-check: $(STAMP)
+check: $(RUN_STAMP)
 	$(BIN)/python -m proxy check --config $(CONFIG)
 
-demo: $(STAMP)
+demo: $(DEV_STAMP)
 	$(BIN)/python -m tests.fakes.demo
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check proxy tests
 	$(BIN)/ruff format --check proxy tests
 	$(BIN)/mypy proxy
 	$(BIN)/hadolint --failure-threshold style Dockerfile
 
-fmt: $(STAMP)
+fmt: $(DEV_STAMP)
 	$(BIN)/ruff format proxy tests
 	$(BIN)/ruff check --fix proxy tests
 
 # Benchmarks (README, "Performance"); they install wrk, nginx and LiteLLM when missing.
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python -m tests.bench.run
 
-bench-compare: $(STAMP)
+bench-compare: $(DEV_STAMP)
 	$(BIN)/python -m tests.bench.run --compare
 
 clean:
