@@ -31,6 +31,8 @@ class SSEResponse(EventSourceResponse):
         super().__init__(headers=headers, sep="\n", allow_all_methods=True, ping_interval=keepalive)
         self._keepalive = keepalive
         self._last_write = 0.0
+        # The answer's final `[DONE]` is written: nothing may follow it (a shutdown included).
+        self.done_written = False
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         self._last_write = asyncio.get_running_loop().time()

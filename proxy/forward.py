@@ -56,6 +56,7 @@ class Call:
     completion_tokens: int = 0
     interrupted: str | None = None
     client_stream: ClientStream | None = None
+    tracker: StreamTracker | None = None  # what a started stream has shown so far
     _bodies: dict[str, bytes] = field(default_factory=dict)
 
     def body_for(self, upstream_model: str) -> bytes:
@@ -170,7 +171,7 @@ class Forwarder:
             self._won(call, outcome, opened.verdict, opened.ttfb)
             response = await client.commit(self._routing_headers(call))
             call.status = 200
-            tracker = _tracker_for(call)
+            tracker = call.tracker = _tracker_for(call)
             result = await self._relay(call, outcome, response, tracker, deadline)
             verdict = opened.verdict if result.cut is None else cut_verdict(result.cut)
             self._gateway.pool.release(lease, verdict, self._now())

@@ -104,6 +104,7 @@ class Relay:
             await self._pump()
         # `[DONE]` ends chat and completion streams always, other APIs only when they sent it.
         if self._cut is None and (self._tracker.kind.uses_done or self._done_seen):
+            self._client.done_written = True
             await self._client.write(DONE)
         return RelayResult(self._cut, self.malformed, self.events, self._detail)
 

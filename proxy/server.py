@@ -89,16 +89,24 @@ class ProxyServer:
         await self._idle.wait()
 
     async def end_streams(self) -> None:
-        """Shutdown past the grace period: end open streams with an error event, cancel the rest."""
+        """Shutdown past the grace period: end open streams with an error event, cancel the rest.
+
+        A stream whose answer is complete (its `[DONE]` written, or every finish reason sent
+        and only the upstream's end awaited, at most `LINGER_AFTER_FINISH`) is left to end
+        by itself: an error event after a whole answer would call it broken.
+        """
         tasks = list(self._calls)
         for task, call in list(self._calls.items()):
-            call.interrupted = "shutdown"
             stream = call.client_stream
-            if stream is not None and stream.response is not None and stream.prepared:
+            response = stream.response if stream is not None else None
+            if response is not None and response.prepared:
+                if response.done_written or (call.tracker is not None and call.tracker.finished):
+                    continue
                 with contextlib.suppress(ConnectionResetError, RuntimeError, OSError):
-                    await stream.response.write(SHUTDOWN_EVENT)
+                    await response.write(SHUTDOWN_EVENT)
                 if call.provider is not None and call.tier is not None:
                     self.observer.interruption(call.tier, call.provider, "shutdown")
+            call.interrupted = "shutdown"
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=5)

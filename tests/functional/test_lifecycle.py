@@ -99,6 +99,32 @@ async def test_sigterm_past_the_grace_ends_open_requests_and_exits_zero(
     assert len(interrupted) == 2
 
 
+async def test_a_finished_stream_still_open_at_the_end_of_the_grace_ends_with_done(
+    tmp_path: Path, upstream: FakeUpstream, spawn: Any, client: aiohttp.ClientSession
+) -> None:
+    # Every finish reason is out; the upstream sends no [DONE] and stays open, so the proxy
+    # lingers (up to 1 s) for its end. The grace ends meanwhile: the answer is whole, and
+    # must end as one, not with a shutdown error after the finish chunk.
+    events = stream_events("gpt-test", ["one", "two"])
+    upstream.script(Stream(events=events, done=False, end="hang"))
+    proxy = await spawn(
+        write_config(tmp_path / "providers.yaml", config_doc({"a": upstream}, grace=0.2))
+    )
+    async with client.post(
+        proxy.url + "/v1/chat/completions", json=chat(stream=True), headers=AUTH
+    ) as streaming:
+        lines = data_lines(streaming)
+        received = [await anext(lines) for _ in events]  # the finish chunk included
+        assert json.loads(received[-1])["choices"][0]["finish_reason"] == "stop"
+        proxy.send(signal.SIGTERM)
+        received += [line async for line in lines]
+
+    assert received[len(events) :] == [b"[DONE]"]
+    assert await proxy.wait_exit() == 0
+    assert [line for line in proxy.logs if line.get("msg", "").startswith("grace period")]
+    assert not [line for line in proxy.logs if line.get("interrupted") == "shutdown"]
+
+
 async def test_plain_request_cut_at_shutdown_gets_an_openai_shaped_503(
     tmp_path: Path, upstream: FakeUpstream, spawn: Any, client: aiohttp.ClientSession
 ) -> None:
