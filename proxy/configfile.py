@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
-from dotenv import dotenv_values
 
 from proxy.configread import join
 
@@ -37,6 +36,9 @@ def read_dotenv(file: Path) -> dict[str, str]:
     """The variables a `.env` file sets, taken literally; none when there is no such file."""
     if not file.is_file():
         return {}
+    # Imported here: most deployments have no `.env`, and start-up time counts (~10 ms).
+    from dotenv import dotenv_values
+
     try:
         # interpolate=False: `${...}` inside .env would be resolved against os.environ,
         # bypassing the environment this loader was given. Values are taken literally.
