@@ -13,6 +13,11 @@ Failure classes at this layer (transport errors split by phase, then kind):
     after a 2xx status:      reset before the answer              -> connect_error
                              silent past `first_byte`             -> timeout
                              not JSON / not SSE / error event     -> bad_response
+
+What a plain answer must be depends on the route. The OpenAI JSON APIs (`JSON_ROUTES`) answer
+JSON whatever their Content-Type says. Other routed paths (`audio/speech`, ...) may answer any
+media type, relayed as it came; only a body declared JSON (`application/json`, `*+json`) or
+declaring nothing is parsed, and a web page (`text/html`) is a broken upstream there too.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import ClientResponse, ClientSession
+from aiohttp.hdrs import CONTENT_TYPE
 from multidict import CIMultiDictProxy
 
 from proxy.classify import (
@@ -34,6 +40,8 @@ from proxy.classify import (
     Verdict,
     classify_response,
 )
+from proxy.clientrequest import ROUTES
+from proxy.jsontext import loads, salvage
 from proxy.sse import DONE_DATA, SSEDecoder, SSEError, SSEEvent
 from proxy.streamstate import is_error_event
 from proxy.timing import loop_time_at
@@ -41,6 +49,10 @@ from proxy.timing import timeout_at as _timeout_at
 from proxy.upstream import send, take_buffered
 
 _ERROR_BODY_LIMIT = 1024 * 1024  # an upstream error body larger than this is cut when relayed
+
+# The OpenAI JSON APIs, the routes with a metric label of their own: their 2xx answer must be
+# JSON, whatever its Content-Type says.
+JSON_ROUTES = frozenset(ROUTES)
 
 
 @dataclass(slots=True)
@@ -56,7 +68,11 @@ class Failed:
 
 @dataclass(slots=True)
 class Answer:
-    """A complete plain (non-stream) answer, ready to relay."""
+    """A complete plain (non-stream) answer, ready to relay.
+
+    `content_type` is None for a JSON answer (`parsed` holds it); otherwise the upstream's own
+    Content-Type, to relay with `body` as it came (`parsed` is None: nothing to read usage from).
+    """
 
     verdict: Verdict
     status: int
@@ -64,6 +80,7 @@ class Answer:
     body: bytes
     parsed: Any
     ttfb: float
+    content_type: str | None = None
 
 
 @dataclass(slots=True)
@@ -86,7 +103,12 @@ class AttemptLimits:
     deadline: float  # absolute, on time.monotonic(): the request's total budget
 
 
-def _failed_transport(exc: BaseException) -> Failed:
+def failed_transport(exc: BaseException) -> Failed:
+    """The failure an exception raised before the answer stands for."""
+    # A connect timeout is also a TimeoutError: it must be told apart first, since a provider
+    # that could not be reached is asked once more, a silent one is not.
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return Failed(CONNECT_ERROR_VERDICT, detail="connect timeout")
     if isinstance(exc, TimeoutError):
         return Failed(TIMEOUT_VERDICT, detail="no answer in time")
     if isinstance(exc, aiohttp.ClientResponseError):
@@ -121,7 +143,17 @@ async def _open(
         async with _timeout_at(min(limits.deadline, started + limits.first_byte)):
             return await send(session, url, body, headers, limits.connect)
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        return _failed_transport(exc)
+        return failed_transport(exc)
+
+
+def _media_type(response: ClientResponse) -> str | None:
+    """The declared media type of a 2xx body that need not be JSON; None if it must be."""
+    if not response.headers.get(CONTENT_TYPE):
+        return None  # an OpenAI-compatible answer that names no type is taken for JSON
+    media = response.content_type
+    if media == "application/json" or media.endswith("+json"):
+        return None
+    return media
 
 
 async def _fail_from_status(response: ClientResponse, limits: AttemptLimits) -> Failed:
@@ -137,8 +169,14 @@ async def plain(
     body: bytes,
     headers: dict[str, str],
     limits: AttemptLimits,
+    *,
+    json_only: bool = True,
 ) -> Answer | Failed:
-    """Send a non-stream request and read the whole answer."""
+    """Send a non-stream request and read the whole answer.
+
+    `json_only`: the route's answer must be JSON (`JSON_ROUTES`); else a 2xx body of another
+    media type is relayed as it came.
+    """
     started = time.monotonic()
     response: ClientResponse | None = None
     data = b""
@@ -154,16 +192,31 @@ async def plain(
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         if response is not None:
             response.release()
-        return _failed_transport(exc)
+        return failed_transport(exc)
     try:
         if not 200 <= response.status < 300:
             return await _fail_from_status(response, limits)
-        try:
-            parsed = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return Failed(BAD_RESPONSE_VERDICT, response.status, response.headers, b"", "not JSON")
+        media = None if json_only else _media_type(response)
+        if media is None:
+            try:
+                parsed = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                # Only what orjson refused gets here, so None is invalid JSON, never a `null`.
+                parsed = salvage(data)
+                if parsed is None:
+                    return Failed(
+                        BAD_RESPONSE_VERDICT, response.status, response.headers, b"", "not JSON"
+                    )
+            content_type = None
+        elif media == "text/html":
+            # An error or maintenance page in front of the API, not an answer.
+            return Failed(
+                BAD_RESPONSE_VERDICT, response.status, response.headers, b"", "a web page"
+            )
+        else:
+            parsed, content_type = None, response.headers[CONTENT_TYPE]
         verdict = classify_response(response.status, response.headers, b"", time.time())
-        return Answer(verdict, response.status, response.headers, data, parsed, ttfb)
+        return Answer(verdict, response.status, response.headers, data, parsed, ttfb, content_type)
     finally:
         response.release()
 
@@ -251,8 +304,8 @@ def _screen(event: SSEEvent, obj: Any) -> Verdict | None:
         return BAD_RESPONSE_VERDICT
     if obj is None:
         try:
-            orjson.loads(event.data)  # parsed only on this rare path, to tell null from invalid
-        except orjson.JSONDecodeError:
+            loads(event.data)  # parsed only on this rare path, to tell null from invalid
+        except ValueError:
             return BAD_RESPONSE_VERDICT
         return None
     if is_error_event(obj):
@@ -270,7 +323,7 @@ def _accept(new: list[SSEEvent], events: list[SSEEvent], parsed: list[Any]) -> b
         try:
             obj = orjson.loads(event.data)
         except orjson.JSONDecodeError:
-            obj = None
+            obj = salvage(event.data)
         events.append(event)
         parsed.append(obj)
     return any(obj is not None for obj in parsed)

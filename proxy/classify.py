@@ -90,18 +90,41 @@ _CONTEXT_MARKERS = (
     "maximum model length",
     "prompt is too long",
 )
-_QUOTA_MARKERS = (
-    "insufficient_quota",
-    "quota",
-    "daily",
+# A spent quota is told apart from a throttle by what the error says, never by bare words:
+# "billing", "credit" or "quota" also appear in links and upsell lines of ordinary
+# per-minute 429s (Groq: "Need more tokens? Upgrade to Dev Tier today at .../settings/billing").
+# Codes and types that only ever mean the money or the allowance is gone:
+_QUOTA_CODES = (
+    "insufficient_quota",  # OpenAI
+    "billing_hard_limit_reached",  # OpenAI
+    "billing_not_active",  # OpenAI
+    "insufficient_balance",
+)
+# Phrases that say so, whatever else the message says:
+_SPENT_PHRASES = (
+    "insufficient balance",
+    "insufficient credits",
+    "credit balance is too low",  # Anthropic
+    "billing hard limit",
+    # A daily allowance: Groq "requests per day (RPD)", "tokens per day (TPD)";
+    # OpenRouter "free-models-per-day".
     "per day",
     "per-day",
     "per_day",
-    "credit",
-    "billing",
-    "insufficient balance",
-    "insufficient_balance",
+    "daily limit",
+    "daily quota",
 )
+# Phrases that say a quota ran out without saying which: Google uses them for per-minute
+# windows too ("Quota exceeded for ...requests_per_minute..."), so a named minute window wins.
+_QUOTA_PHRASES = (
+    "exceeded your current quota",
+    "exceeded your quota",
+    "quota exceeded",
+    "insufficient quota",
+)
+_MINUTE_WINDOW = ("per minute", "per_minute", "perminute", "(tpm)", "(rpm)")
+_SPENT_MARKERS = _QUOTA_CODES + _SPENT_PHRASES
+_URL = re.compile(r"https?://\S+")
 # Statuses under which providers report an over-long prompt (400 is the OpenAI one; some
 # servers answer 413 or 422 for the same thing).
 _CONTEXT_STATUSES = frozenset({400, 413, 422})
@@ -158,7 +181,13 @@ def _outcome(status: int, body: bytes) -> Outcome:
 
 def is_quota_exhausted(body: bytes) -> bool:
     """Whether an error body says the key's quota, credits or daily allowance is spent."""
-    return _mentions(body, _QUOTA_MARKERS)
+    for text in _error_texts(body):
+        text = _URL.sub(" ", text)  # links name pages ("/settings/billing"), not this error
+        if any(marker in text for marker in _SPENT_MARKERS):
+            return True
+        if any(p in text for p in _QUOTA_PHRASES) and not any(m in text for m in _MINUTE_WINDOW):
+            return True
+    return False
 
 
 def _mentions(body: bytes, markers: tuple[str, ...]) -> bool:

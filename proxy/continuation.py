@@ -17,10 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from aiohttp import ClientSession
 
-from proxy import attempt
+from proxy import attempt, jsontext
 from proxy.attempt import AttemptLimits, Failed
 from proxy.classify import Outcome
 from proxy.downstream import SSEResponse
@@ -143,7 +142,8 @@ class Continuer:
     ) -> ContinuationOutcome:
         provider = candidate.provider
         name = provider.name
-        body = orjson.dumps(
+        # The text so far may end in half an emoji (a lone surrogate), which orjson refuses.
+        body = jsontext.dumps(
             prefill_payload(payload, candidate.upstream_model, "".join(tracker.text))
         )
         headers = attempt_headers(provider, lease, self._forwarded)
@@ -173,7 +173,13 @@ class Continuer:
                 rewrite_id=tracker.id,
                 skip_role_only=True,
             )
+            usage_before = tracker.usage_updates
             result = await relay.run()
+            if tracker.usage_updates > usage_before:
+                # What this provider reports for the continuation: its key and its tier pay.
+                prompt, completion = tracker.prompt_tokens, tracker.completion_tokens
+                self._pool.record_usage(lease, prompt, completion)
+                self._observer.tokens(provider.tier, name, prompt, completion)
             if result.cut is not None:
                 verdict = cut_verdict(result.cut)
                 self._observer.interruption(provider.tier, name, result.cut.value)

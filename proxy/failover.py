@@ -63,7 +63,7 @@ class Exhausted:
     last_failure: Failed | None = None
     context_failure: Failed | None = None  # a context_length 400 not followed by another attempt
     client_failure: Failed | None = None  # a 4xx to return as it is (no failover)
-    retry_after: float | None = None
+    retry_after: float | None = None  # until the first candidate key is ready, when it ended
 
 
 @dataclass(slots=True)
@@ -113,11 +113,25 @@ class Failover:
         state = Exhausted(plan)
         if plan.empty:
             return state
+        won = await self._run_tiers(plan, trail, state, deadline, try_once)
+        if won is not None:
+            return won
+        state.retry_after = self._soonest_ready(plan)
+        return state
+
+    async def _run_tiers(
+        self,
+        plan: Plan,
+        trail: Trail,
+        state: Exhausted,
+        deadline: float,
+        try_once: Callable[[Candidate, Lease], Awaitable[R | Failed]],
+    ) -> Won[R] | None:
         first = plan.tiers[0][0].provider
         budget = _Budget(first.max_attempts, deadline)
         context_models: set[str] = set()
         for group in plan.tiers:
-            pending = self._order(group)
+            pending = self._order(group, plan.pinned)
             while pending:
                 waitable: list[tuple[float, Candidate]] = []
                 for candidate in pending:
@@ -129,15 +143,36 @@ class Failover:
                     if won is not None:
                         return won
                     if budget.spent(self._clock()) or state.client_failure is not None:
-                        return state
+                        return None
                 pending = await self._wait_for_cooldown(waitable, budget)
-        return state
+        return None
 
-    def _order(self, group: tuple[Candidate, ...]) -> list[Candidate]:
-        """Declared order, or least-loaded first (by weight) when the tier rotates balanced."""
-        if len(group) < 2 or any(c.provider.rotation is not Rotation.BALANCED for c in group):
+    def _soonest_ready(self, plan: Plan) -> float | None:
+        """Seconds until some candidate's key can be used again, as the pool has it now.
+
+        Not the upstreams' hints: the pool may rest a key longer (a spent quota rests
+        `cooldown.max`, a zero hint the backoff), and a hint read before a wait is stale.
+        """
+        now = self._clock()
+        ends = [
+            self._pool.earliest_ready(c.provider, c.upstream_model, now)
+            for group in plan.tiers
+            for c in group
+        ]
+        known = [end for end in ends if end is not None]
+        return min(known) - now if known else None
+
+    def _order(self, group: tuple[Candidate, ...], pinned: str | None) -> list[Candidate]:
+        """Declared order, or least-loaded first (by weight) when the tier rotates balanced.
+
+        A pinned provider stays ahead of its tier whatever its load (SPEC §3): the plan put it
+        first, and only the providers after it are balanced.
+        """
+        lead = 1 if pinned is not None and group[0].provider.name == pinned else 0
+        rest = group[lead:]
+        if len(rest) < 2 or any(c.provider.rotation is not Rotation.BALANCED for c in rest):
             return list(group)
-        return sorted(group, key=lambda c: self._pool.provider_load(c.provider))
+        return [*group[:lead], *sorted(rest, key=lambda c: self._pool.provider_load(c.provider))]
 
     async def _wait_for_cooldown(
         self, waitable: list[tuple[float, Candidate]], budget: _Budget
@@ -207,11 +242,9 @@ class Failover:
             if outcome in KEY_FAILURES:
                 if lease.key is None:
                     return None  # keyless: there is no other key to try
-                if outcome is Outcome.RATE_LIMITED:
-                    # The key now cools in the pool; its end is what a wait would wait for.
-                    if result.verdict.retry_after:
-                        self._remember_retry_after(state, result.verdict.retry_after)
-                else:
+                # A rate-limited key stays a candidate: the pool refuses it while it cools,
+                # and its end may be waited for. Any other key failure rules it out here.
+                if outcome is not Outcome.RATE_LIMITED:
                     used.add(lease.key_name)
                 continue
             if outcome in (Outcome.SERVER_ERROR, Outcome.CONNECT_ERROR) and not retried_transient:
@@ -240,13 +273,12 @@ class Failover:
                 trail.add(provider.name, label)
             if refusal.skip not in (Skip.RATE_LIMITED, Skip.BUSY):
                 state.all_rate_limited = False
-        if refusal.ready_at is not None:
-            self._remember_retry_after(state, refusal.ready_at - now)
-            if (
-                refusal.skip in (Skip.RATE_LIMITED, Skip.BUSY)
-                and refusal.ready_at - now <= provider.max_wait
-            ):
-                waitable.append((refusal.ready_at, candidate))
+        if (
+            refusal.ready_at is not None
+            and refusal.skip in (Skip.RATE_LIMITED, Skip.BUSY)
+            and refusal.ready_at - now <= provider.max_wait
+        ):
+            waitable.append((refusal.ready_at, candidate))
         if not tried and (trail.last_tier is None or trail.last_tier == provider.tier):
             trail.last_tier = provider.tier
             trail.last_reason = _SKIP_AS_OUTCOME[refusal.skip].value
@@ -256,12 +288,6 @@ class Failover:
         if trail.last_tier is not None and trail.last_tier != tier and trail.last_reason:
             self._observer.fallback(trail.last_tier, tier, trail.last_reason)
         trail.last_tier = tier
-
-    @staticmethod
-    def _remember_retry_after(state: Exhausted, seconds: float) -> None:
-        seconds = max(0.0, seconds)
-        if state.retry_after is None or seconds < state.retry_after:
-            state.retry_after = seconds
 
 
 @dataclass(slots=True)

@@ -120,9 +120,13 @@ class Forwarder:
     # -- plain ---------------------------------------------------------------------------
 
     async def _serve_plain(self, call: Call, plan: Plan, deadline: float) -> web.StreamResponse:
+        json_only = call.path in attempt.JSON_ROUTES
+
         async def try_once(candidate: Candidate, lease: Lease) -> Answer | Failed:
             return await attempt.plain(
-                self._session, *self._request(call, candidate, lease, deadline)
+                self._session,
+                *self._request(call, candidate, lease, deadline),
+                json_only=json_only,
             )
 
         outcome = await self._failover.run(plan, call.trail, deadline, try_once)
@@ -135,13 +139,17 @@ class Forwarder:
             self._record_usage(call, outcome, usage)
         self._gateway.pool.release(outcome.lease, answer.verdict, self._now())
         call.status = answer.status
-        response = web.Response(
+        headers = self._routing_headers(call)
+        if answer.content_type is not None:
+            # Not JSON (audio, an image, plain text): the upstream's bytes and type as they came.
+            headers["Content-Type"] = answer.content_type
+            return web.Response(status=answer.status, body=answer.body, headers=headers)
+        return web.Response(
             status=answer.status,
             body=answer.body,
             content_type="application/json",
-            headers=self._routing_headers(call),
+            headers=headers,
         )
-        return response
 
     # -- stream --------------------------------------------------------------------------
 
@@ -165,6 +173,11 @@ class Forwarder:
                 failure = exhausted_error(outcome, call.model, call.trail)
                 if not client.prepared:
                     return self._error_response(call, failure)
+                # Keepalives already sent the headers as 200; the request still failed, and
+                # is counted and logged with the status it would have had.
+                call.status = (
+                    failure.status if isinstance(failure, ProxyError) else failure.status or 502
+                )
                 await self._stream_error(client.response, call, failure)
                 return client.response  # type: ignore[return-value]
             opened, lease = outcome.result, outcome.lease
@@ -249,6 +262,11 @@ class Forwarder:
                 deadline,
             )
             call.trail.add(resumed.to_provider, f"continuation_{resumed.result}")
+            if tracker.usage_seen:
+                call.prompt_tokens, call.completion_tokens = (
+                    tracker.prompt_tokens,
+                    tracker.completion_tokens,
+                )
             if resumed.result == ContinuationResult.OK:
                 call.interrupted = f"{result.cut.value}, continued"
                 return

@@ -371,7 +371,9 @@ def _penalise(
             state.quota_until = max(state.quota_until, now + _bounded(rest))
         else:
             rest = _backoff(cooldown, state.consecutive_failures)
-            if verdict.retry_after is not None:
+            # A hint of zero (`Retry-After: 0`, a date already past) would let the key be
+            # asked again at once, in a loop: the backoff is the least a 429 costs.
+            if verdict.retry_after is not None and verdict.retry_after > 0:
                 rest = verdict.retry_after
             state.cool_model(upstream_model, now + _bounded(rest), now)
     elif outcome is Outcome.AUTH_ERROR:

@@ -2,7 +2,10 @@
 
 Each upstream read is decoded into events; each event's JSON is re-serialised compactly with
 orjson and re-emitted as one complete `data: ...\\n\\n` frame; all frames of one read go out in
-one write. The relay ends in exactly one of these ways (SPEC §6):
+one write. Valid JSON that orjson refuses (a lone escaped surrogate: half an emoji from an
+upstream that cuts text by UTF-16 unit) goes through `proxy.jsontext` instead of being lost.
+
+The relay ends in exactly one of these ways (SPEC §6):
 
     finished   every choice has a finish reason (or `[DONE]` came): `[DONE]` for APIs that use it
     cut        reset, idle timeout, error event, or a clean end before the finish: the caller
@@ -28,6 +31,7 @@ from proxy.classify import (
     Verdict,
 )
 from proxy.downstream import SSEResponse
+from proxy.jsontext import dumps_refused, salvage
 from proxy.sse import DONE, DONE_DATA, SSEError, SSEEvent, encode_event
 from proxy.streamstate import StreamKind, StreamTracker, is_error_event
 from proxy.timing import ReadTimer
@@ -59,7 +63,7 @@ _CUT_VERDICTS = {
 @dataclass(slots=True)
 class RelayResult:
     cut: Cut | None  # None: the answer is complete and `[DONE]` (if used) was written
-    malformed: int  # events dropped because their JSON was invalid
+    malformed: int  # events dropped: invalid JSON (or nested too deeply to write again)
     events: int  # data events written to the client
     error_detail: str = ""
 
@@ -211,11 +215,19 @@ class Relay:
                     continue
                 if self._rewrite_id is not None and isinstance(obj, dict) and "id" in obj:
                     obj["id"] = self._rewrite_id
+            try:
+                payload = dumps(obj)
+            except orjson.JSONEncodeError:
+                try:
+                    payload = dumps_refused(obj)
+                except ValueError:
+                    self.malformed += 1
+                    continue
             if name is None:
-                # `encode_event` inlined: compact orjson output holds no line break.
-                out.append(b"data: " + dumps(obj) + b"\n\n")
+                # `encode_event` inlined: compact JSON holds no line break.
+                out.append(b"data: " + payload + b"\n\n")
             else:
-                out.append(encode_event(dumps(obj), name))
+                out.append(encode_event(payload, name))
             written += 1
         self.events += written
 
@@ -224,7 +236,7 @@ def _loads(data: bytes) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        return None
+        return salvage(data)
 
 
 def _is_role_only_chunk(obj: Any) -> bool:

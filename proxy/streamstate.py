@@ -53,6 +53,7 @@ class StreamTracker:
         "tool_call_seen",
         "usage_expected",
         "usage_seen",
+        "usage_updates",
     )
 
     def __init__(self, kind: StreamKind, choices_expected: int, usage_expected: bool) -> None:
@@ -62,6 +63,7 @@ class StreamTracker:
         self._finished: set[int] = set()
         self._responses_done = False
         self.usage_seen = False
+        self.usage_updates = 0  # usage chunks seen: tells a continuation's usage from earlier
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.id: str | None = None
@@ -132,6 +134,7 @@ class StreamTracker:
         if isinstance(completion, int):
             self.completion_tokens = completion
         self.usage_seen = True
+        self.usage_updates += 1
 
 
 def is_error_event(obj: Any) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,8 @@ from tests.fakes.upstream import (
     UpstreamFactory,
     chat_stream_events,
 )
-from tests.harness import ProxyFactory, chat, document, provider, read_sse
+from tests.functional.scrape import Scrape
+from tests.harness import ProxyFactory, ProxyHarness, chat, document, provider, read_sse
 
 
 def err(code: str | None = None, message: str = "upstream says no") -> dict[str, Any]:
@@ -461,6 +463,30 @@ async def test_keepalive_comments_while_waiting_then_failover(
     assert data[-1] == b"[DONE]"
 
 
+async def test_every_upstream_failing_after_keepalives_is_counted_with_its_failure_status(
+    upstream: FakeUpstream, make_proxy: ProxyFactory
+) -> None:
+    upstream.default = Stream(first_delay=5)
+    proxy = await make_proxy(
+        document(
+            {"silent": provider(upstream.base_url)},
+            defaults={"timeouts": {"connect": 1, "first_byte": 0.5, "idle": 1, "total": 10}},
+            sse_keepalive_seconds=0.1,
+        )
+    )
+    async with proxy.post("/v1/chat/completions", chat(stream=True)) as r:
+        assert r.status == 200  # the keepalives sent the headers
+        raw = await r.read()
+    assert raw.startswith(b": keepalive\n\n")
+    data = [line[6:] for line in raw.split(b"\n") if line.startswith(b"data: ")]
+    assert orjson.loads(data[-1])["error"]["code"] == "upstream_timeout"
+    scrape = Scrape(await proxy.metrics_text())
+    counted = {
+        s.labels["status"]: s.value for s in scrape.samples("llmproxy_requests_total") if s.value
+    }
+    assert counted == {"504": 1.0}
+
+
 async def test_linger_after_finish_is_bounded(
     upstream: FakeUpstream, make_proxy: ProxyFactory
 ) -> None:
@@ -481,19 +507,12 @@ async def test_linger_after_finish_is_bounded(
 # -- continuation ---------------------------------------------------------------------
 
 
-async def test_cut_stream_is_continued_by_a_prefill_provider(
+async def prefill_pair(
     upstream_factory: UpstreamFactory, make_proxy: ProxyFactory
-) -> None:
+) -> tuple[FakeUpstream, FakeUpstream, ProxyHarness]:
+    """`first` in tier 1, and `resumer` in tier 2 able to continue its cut streams."""
     first = await upstream_factory("first")
     resumer = await upstream_factory("resumer")
-    first.script(
-        Stream(
-            events=chat_stream_events("m", ["Hel", "lo"], finish_reason=None)[:3],
-            done=False,
-            end="reset",
-        )
-    )
-    resumer.script(Stream(events=chat_stream_events("m", [" world"]), done=True))
     proxy = await make_proxy(
         document(
             {
@@ -502,6 +521,21 @@ async def test_cut_stream_is_continued_by_a_prefill_provider(
             }
         )
     )
+    return first, resumer, proxy
+
+
+async def test_cut_stream_is_continued_by_a_prefill_provider(
+    upstream_factory: UpstreamFactory, make_proxy: ProxyFactory
+) -> None:
+    first, resumer, proxy = await prefill_pair(upstream_factory, make_proxy)
+    first.script(
+        Stream(
+            events=chat_stream_events("m", ["Hel", "lo"], finish_reason=None)[:3],
+            done=False,
+            end="reset",
+        )
+    )
+    resumer.script(Stream(events=chat_stream_events("m", [" world"]), done=True))
     async with proxy.post("/v1/chat/completions", chat("m", stream=True)) as r:
         data = await read_sse(r)
     assert data[-1] == b"[DONE]"
@@ -517,21 +551,58 @@ async def test_cut_stream_is_continued_by_a_prefill_provider(
     assert f"llmproxy_stream_continuations_total{{{series}}} 1.0" in text_metrics
 
 
+async def test_a_continuation_s_token_usage_is_counted_for_its_provider(
+    upstream_factory: UpstreamFactory, make_proxy: ProxyFactory
+) -> None:
+    first, resumer, proxy = await prefill_pair(upstream_factory, make_proxy)
+    first.script(
+        Stream(
+            events=chat_stream_events("m", ["Hel", "lo"], finish_reason=None)[:3],
+            done=False,
+            end="reset",
+        )
+    )
+    resumer.script(
+        Stream(events=chat_stream_events("m", [" world"], include_usage=True, prompt_tokens=9))
+    )
+    body = chat("m", stream=True, stream_options={"include_usage": True})
+    async with proxy.post("/v1/chat/completions", body) as r:
+        data = await read_sse(r)
+    assert data[-1] == b"[DONE]"
+    scrape = Scrape(await proxy.metrics_text())
+    tokens = "llmproxy_tokens_total"
+    assert scrape.value(tokens, tier="2", provider="resumer", kind="prompt") == 9
+    assert scrape.value(tokens, tier="2", provider="resumer", kind="completion") == 1
+    (key,) = [v for v in proxy.server.gateway.pool.key_views(0) if v.provider == "resumer"]
+    assert (key.prompt_tokens, key.completion_tokens) == (9, 1)
+
+
+async def test_a_continuation_after_half_an_emoji_sends_it_as_a_valid_escape(
+    upstream_factory: UpstreamFactory, make_proxy: ProxyFactory
+) -> None:
+    # The cut stream's text ends in a lone surrogate (`\ud83d`, the first half of 😀):
+    # the prefill carries it on as the same escape, and the continuation goes on from there.
+    first, resumer, proxy = await prefill_pair(upstream_factory, make_proxy)
+    half = (
+        b'data: {"id":"c1","object":"chat.completion.chunk","model":"m","choices":'
+        b'[{"index":0,"delta":{"content":"Hi \\ud83d"},"finish_reason":null}]}\n\n'
+    )
+    first.script(Stream(events=[half], done=False, end="reset"))
+    resumer.script(Stream(events=chat_stream_events("m", [" there"])))
+    async with proxy.post("/v1/chat/completions", chat("m", stream=True)) as r:
+        data = await read_sse(r)
+    assert data[-1] == b"[DONE]"
+    assert b'"Hi \\ud83d"' in resumer.seen[0].body
+    sent = json.loads(resumer.seen[0].body)  # orjson, like the fake, refuses a lone surrogate
+    assert sent["messages"][-1] == {"role": "assistant", "content": "Hi \ud83d"}
+
+
 async def test_refused_continuation_reports_the_original_failure(
     upstream_factory: UpstreamFactory, make_proxy: ProxyFactory
 ) -> None:
-    first = await upstream_factory("first")
-    resumer = await upstream_factory("resumer")
+    first, resumer, proxy = await prefill_pair(upstream_factory, make_proxy)
     first.script(Stream(events=cut_events("m"), done=False, end="reset"))
     resumer.script(Reply(400, json=err("invalid_request", "prefill not supported")))
-    proxy = await make_proxy(
-        document(
-            {
-                "first": provider(first.base_url),
-                "resumer": provider(resumer.base_url, tier=2, continuation="prefill"),
-            }
-        )
-    )
     async with proxy.post("/v1/chat/completions", chat("m", stream=True)) as r:
         data = await read_sse(r)
     last = orjson.loads(data[-1])
@@ -543,8 +614,7 @@ async def test_refused_continuation_reports_the_original_failure(
 async def test_no_continuation_for_a_tool_call_in_flight(
     upstream_factory: UpstreamFactory, make_proxy: ProxyFactory
 ) -> None:
-    first = await upstream_factory("first")
-    resumer = await upstream_factory("resumer")
+    first, resumer, proxy = await prefill_pair(upstream_factory, make_proxy)
     tool_chunk = {
         "id": "c1",
         "object": "chat.completion.chunk",
@@ -567,14 +637,6 @@ async def test_no_continuation_for_a_tool_call_in_flight(
         ],
     }
     first.script(Stream(events=[tool_chunk], done=False, end="reset"))
-    proxy = await make_proxy(
-        document(
-            {
-                "first": provider(first.base_url),
-                "resumer": provider(resumer.base_url, tier=2, continuation="prefill"),
-            }
-        )
-    )
     async with proxy.post("/v1/chat/completions", chat("m", stream=True)) as r:
         data = await read_sse(r)
     assert "error" in orjson.loads(data[-1])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email.utils
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,6 +15,7 @@ from tests.harness import (
     AUTH,
     PROXY_KEY,
     ProxyFactory,
+    ProxyHarness,
     chat,
     document,
     provider,
@@ -337,6 +340,34 @@ async def test_pinned_provider_goes_first_and_never_climbs_a_tier(
     assert cheapest.seen[0].model == "m"
 
 
+async def test_pinned_provider_goes_first_in_a_balanced_tier(
+    upstream_factory: UpstreamFactory, make_proxy: ProxyFactory
+) -> None:
+    a = await upstream_factory("a")
+    b = await upstream_factory("b")
+    proxy = await make_proxy(
+        document(
+            {"a": provider(a.base_url, tier=1), "b": provider(b.base_url, tier=1)},
+            defaults={"rotation": "balanced"},
+        )
+    )
+    # Each answer makes b the most recently used provider of the tier: balancing alone
+    # would put a first from the second request on.
+    for _ in range(4):
+        async with proxy.post("/v1/chat/completions", chat("b/m")) as r:
+            assert r.status == 200
+            assert r.headers["x-proxy-provider"] == "b"
+    assert len(b.seen) == 4 and not a.seen
+    # First is not only: when b fails, the rest of its tier still follows.
+    b.script(Reply(404, json={"error": {"message": "no such model"}}))
+    async with proxy.post("/v1/chat/completions", chat("b/m")) as r:
+        assert r.status == 200
+        assert r.headers["x-proxy-provider"] == "a"
+        assert r.headers["x-proxy-attempts"] == "2"
+    assert len(b.seen) == 5 and len(a.seen) == 1
+    assert b.seen[-1].at < a.seen[0].at
+
+
 async def test_pinned_provider_that_does_not_serve_the_model_is_404(
     upstream: FakeUpstream, make_proxy: ProxyFactory
 ) -> None:
@@ -345,6 +376,29 @@ async def test_pinned_provider_that_does_not_serve_the_model_is_404(
         assert r.status == 404
         assert error_of(await r.read())["code"] == "model_not_found"
     assert not upstream.seen
+
+
+async def test_pinned_disabled_provider_is_answered_by_others_or_a_404_that_says_why(
+    upstream_factory: UpstreamFactory, make_proxy: ProxyFactory
+) -> None:
+    off = await upstream_factory("off")
+    other = await upstream_factory("other")
+    proxy = await make_proxy(
+        document(
+            {
+                "off": provider(off.base_url, tier=1, models=["m", "only-off"], enabled=False),
+                "other": provider(other.base_url, tier=2, models=["m"]),
+            }
+        )
+    )
+    async with proxy.post("/v1/chat/completions", chat("off/m")) as r:
+        assert r.status == 200
+        assert r.headers["x-proxy-provider"] == "other"
+    async with proxy.post("/v1/chat/completions", chat("off/only-off")) as r:
+        assert r.status == 404
+        message = error_of(await r.read())["message"]
+    assert "off" in message and "disabled" in message
+    assert not off.seen
 
 
 async def test_names_with_a_slash_that_is_not_a_provider_are_public_names(
@@ -451,6 +505,112 @@ async def test_all_rate_limited_is_429_with_retry_after_and_attempt_list(
         assert r.status == 429
         assert "Retry-After" in r.headers
     assert len(upstream.seen) == 2
+
+
+@pytest.mark.parametrize(
+    "hint",
+    [
+        {"Retry-After": "0"},
+        {"retry-after-ms": "0"},
+        {"Retry-After": email.utils.formatdate(time.time() - 60, usegmt=True)},
+    ],
+    ids=["retry-after-0", "retry-after-ms-0", "retry-after-past-date"],
+)
+async def test_a_zero_retry_after_is_no_tight_loop(
+    hint: dict[str, str], upstream: FakeUpstream, make_proxy: ProxyFactory
+) -> None:
+    upstream.default = Reply(429, json={"error": {"message": "slow down"}}, headers=hint)
+    proxy = await make_proxy(
+        document(
+            {"main": provider(upstream.base_url, keys=["only-key"])},
+            defaults={"cooldown": {"initial": 0.1, "max": 10, "auth": 60}, "max_wait": 0.5},
+        )
+    )
+    async with proxy.post("/v1/chat/completions", chat()) as r:
+        assert r.status == 429
+        assert r.headers["Retry-After"] == "1"
+    # The key rests its backoff (0.1, 0.2, 0.4 s) and the proxy waits for it, until the
+    # next rest (0.8 s) is longer than max_wait: four asks, not max_attempts in a burst.
+    asks = [s.at for s in upstream.seen]
+    assert len(asks) == 4
+    for earlier, later, rest in zip(asks[:-1], asks[1:], (0.1, 0.2, 0.4), strict=True):
+        assert later - earlier >= rest
+    # Still resting: the next request does not reach the upstream.
+    async with proxy.post("/v1/chat/completions", chat()) as r:
+        assert r.status == 429
+    assert len(upstream.seen) == 4
+
+
+OPENAI_QUOTA = {
+    "error": {
+        "message": "You exceeded your current quota, please check your plan and billing details.",
+        "type": "insufficient_quota",
+        "param": None,
+        "code": "insufficient_quota",
+    }
+}
+GROQ_TPM = {
+    "error": {
+        "message": "Rate limit reached for model `m` in organization `org_1` service tier "
+        "`on_demand` on tokens per minute (TPM): Limit 12000, Used 2542, Requested 9855. "
+        "Please try again in 6.5s. Need more tokens? Upgrade to Dev Tier today at "
+        "https://console.groq.com/settings/billing",
+        "type": "tokens",
+        "code": "rate_limit_exceeded",
+    }
+}
+
+
+def key_rest(proxy: ProxyHarness, key: str) -> float:
+    (view,) = [v for v in proxy.server.gateway.pool.key_views(time.monotonic()) if v.key == key]
+    return view.cooldown_remaining
+
+
+async def test_retry_after_is_when_the_first_key_is_usable_again(
+    upstream: FakeUpstream, make_proxy: ProxyFactory
+) -> None:
+    # k1's quota is spent (it rests cooldown.max, whatever its hint says); k2 is only
+    # throttled, for 7 s: the client may come back in 7 s, not 2 and not 300.
+    upstream.script_key("k1", Reply(429, json=OPENAI_QUOTA, headers={"Retry-After": "2"}))
+    upstream.script_key("k2", Reply(429, json=GROQ_TPM, headers={"Retry-After": "7"}))
+    proxy = await make_proxy(
+        document(
+            {
+                "main": provider(
+                    upstream.base_url,
+                    keys=[{"value": "k1", "name": "k1"}, {"value": "k2", "name": "k2"}],
+                )
+            }
+        )
+    )
+    async with proxy.post("/v1/chat/completions", chat()) as r:
+        assert r.status == 429
+        assert r.headers["Retry-After"] == "7"
+    assert key_rest(proxy, "k1") > 250
+    assert 6 < key_rest(proxy, "k2") <= 7
+
+
+async def test_retry_after_after_a_spent_quota_is_the_keys_rest_not_the_hint(
+    upstream: FakeUpstream, make_proxy: ProxyFactory
+) -> None:
+    # First a short throttle that the proxy waits out, then the quota runs out: the hint
+    # seen before the wait is stale, and the one after it is shorter than the real rest.
+    upstream.script_key(
+        "k1",
+        Reply(429, json=GROQ_TPM, headers={"retry-after-ms": "200"}),
+        Reply(429, json=OPENAI_QUOTA, headers={"Retry-After": "2"}),
+    )
+    proxy = await make_proxy(
+        document(
+            {"main": provider(upstream.base_url, keys=[{"value": "k1", "name": "k1"}])},
+            defaults={"max_wait": 1},
+        )
+    )
+    async with proxy.post("/v1/chat/completions", chat()) as r:
+        assert r.status == 429
+        assert 295 <= int(r.headers["Retry-After"]) <= 300
+    assert len(upstream.seen) == 2
+    assert key_rest(proxy, "k1") > 295
 
 
 async def test_last_failure_a_timeout_is_504(

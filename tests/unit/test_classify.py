@@ -320,7 +320,7 @@ def test_classify_carries_retry_after_on_errors_only() -> None:
         error_body("Rate limit reached on requests per day (RPD): Limit 1000"),
         error_body("Daily limit reached for this key"),
         error_body("Insufficient credits. Add more using https://example.test/credits"),
-        error_body("Please check your plan and billing details"),
+        error_body("Billing hard limit has been reached", code="billing_hard_limit_reached"),
         error_body("Insufficient Balance"),
         orjson.dumps({"error": {"message": "Rate limit exceeded: free-models-per-day"}}),
         b"Your daily quota is spent",
@@ -343,6 +343,136 @@ def test_quota_exhaustion_detected(body: bytes) -> None:
 def test_plain_throttle_is_not_quota(body: bytes) -> None:
     assert not is_quota_exhausted(body)
     assert not classify(429, body).quota_exhausted
+
+
+# Real error bodies, as providers send them (organisation ids made up).
+GROQ_TPM = error_body(
+    "Rate limit reached for model `llama-3.3-70b-versatile` in organization `org_01abc` "
+    "service tier `on_demand` on tokens per minute (TPM): Limit 12000, Used 2542, "
+    "Requested 9855. Please try again in 1.984999999s. Need more tokens? Upgrade to Dev "
+    "Tier today at https://console.groq.com/settings/billing",
+    code="rate_limit_exceeded",
+    type_="tokens",
+)
+GROQ_RPD = error_body(
+    "Rate limit reached for model `llama-3.3-70b-versatile` in organization `org_01abc` "
+    "service tier `on_demand` on requests per day (RPD): Limit 1000, Used 1000, Requested 1. "
+    "Please try again in 1m26.4s. Need more tokens? Upgrade to Dev Tier today at "
+    "https://console.groq.com/settings/billing",
+    code="rate_limit_exceeded",
+    type_="requests",
+)
+GROQ_TPD = error_body(
+    "Rate limit reached for model `llama-3.3-70b-versatile` in organization `org_01abc` "
+    "service tier `on_demand` on tokens per day (TPD): Limit 100000, Used 97050, "
+    "Requested 3619. Please try again in 9m38.016s. Need more tokens? Upgrade to Dev Tier "
+    "today at https://console.groq.com/settings/billing",
+    code="rate_limit_exceeded",
+    type_="tokens",
+)
+OPENAI_QUOTA = error_body(
+    "You exceeded your current quota, please check your plan and billing details. For more "
+    "information on this error, read the docs: "
+    "https://platform.openai.com/docs/guides/error-codes/api-errors.",
+    code="insufficient_quota",
+    type_="insufficient_quota",
+)
+OPENAI_TPM = error_body(
+    "Rate limit reached for gpt-4o in organization org-abc on tokens per min (TPM): Limit "
+    "30000, Used 26842, Requested 4096. Please try again in 1.876s. Visit "
+    "https://platform.openai.com/account/rate-limits to learn more.",
+    code="rate_limit_exceeded",
+    type_="tokens",
+)
+ANTHROPIC_CREDIT = orjson.dumps(
+    {
+        "type": "error",
+        "error": {
+            "type": "invalid_request_error",
+            "message": "Your credit balance is too low to access the Anthropic API. Please go "
+            "to Plans & Billing to upgrade or purchase credits.",
+        },
+    }
+)
+OPENROUTER_PER_MIN = orjson.dumps(
+    {"error": {"message": "Rate limit exceeded: free-models-per-min.", "code": 429}}
+)
+OPENROUTER_PER_DAY = orjson.dumps(
+    {
+        "error": {
+            "message": "Rate limit exceeded: free-models-per-day. Add 10 credits to unlock "
+            "1000 free model requests per day",
+            "code": 429,
+        }
+    }
+)
+MISTRAL_THROTTLE = orjson.dumps(
+    {
+        "object": "error",
+        "message": "Rate limit exceeded",
+        "type": "rate_limited",
+        "param": None,
+        "code": "1300",
+    }
+)
+VERTEX_PER_MINUTE = orjson.dumps(
+    [
+        {
+            "error": {
+                "code": 429,
+                "message": "Quota exceeded for aiplatform.googleapis.com/"
+                "generate_content_requests_per_minute_per_project_per_base_model with base "
+                "model: gemini-pro. Please submit a quota increase request.",
+                "status": "RESOURCE_EXHAUSTED",
+            }
+        }
+    ]
+)
+
+
+def test_groq_per_minute_429_is_a_throttle_despite_its_billing_link() -> None:
+    verdict = classify(429, GROQ_TPM, retry_after="2")
+    assert verdict == Verdict(Outcome.RATE_LIMITED, retry_after=2.0)
+
+
+@pytest.mark.parametrize("body", [GROQ_RPD, GROQ_TPD], ids=["groq-rpd", "groq-tpd"])
+def test_groq_daily_limit_is_quota(body: bytes) -> None:
+    verdict = classify(429, body, retry_after="86")
+    assert verdict == Verdict(Outcome.RATE_LIMITED, retry_after=86.0, quota_exhausted=True)
+
+
+def test_openai_insufficient_quota_is_quota() -> None:
+    assert classify(429, OPENAI_QUOTA).quota_exhausted
+
+
+def test_openai_per_minute_429_is_a_throttle() -> None:
+    verdict = classify(429, OPENAI_TPM, retry_after="2")
+    assert verdict == Verdict(Outcome.RATE_LIMITED, retry_after=2.0)
+
+
+@pytest.mark.parametrize(
+    ("body", "spent"),
+    [
+        (ANTHROPIC_CREDIT, True),
+        (OPENROUTER_PER_DAY, True),
+        (OPENROUTER_PER_MIN, False),
+        (MISTRAL_THROTTLE, False),
+        (orjson.dumps({"message": "Requests rate limit exceeded"}), False),  # Mistral
+        (VERTEX_PER_MINUTE, False),  # "quota exceeded", but for a minute window
+        (b"Too many requests. Limits: https://example.test/docs/quota#per_day", False),
+    ],
+    ids=[
+        "anthropic-credit",
+        "openrouter-per-day",
+        "openrouter-per-min",
+        "mistral-typed",
+        "mistral-bare",
+        "vertex-per-minute",
+        "link-only",
+    ],
+)
+def test_other_providers_quota_or_throttle(body: bytes, spent: bool) -> None:
+    assert is_quota_exhausted(body) is spent
 
 
 def test_402_with_credits_message_is_forbidden_and_quota() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from email.utils import formatdate
 
 import pytest
 from hypothesis import settings
@@ -19,7 +20,7 @@ from hypothesis.stateful import (
 )
 
 from proxy.breaker import BreakerView
-from proxy.classify import Outcome, Verdict
+from proxy.classify import Outcome, Verdict, classify_response
 from proxy.keypool import KEYLESS, KeyPool, KeyView, Lease, Refusal, Skip
 from proxy.settings import (
     BreakerSettings,
@@ -34,6 +35,7 @@ from proxy.settings import (
 )
 
 BASE = "https://api.example.test/v1"
+WALL_NOW = 1_700_000_000.0
 COOLDOWN = Cooldown(initial=1.0, max=300.0, auth=3600.0)
 
 
@@ -259,6 +261,39 @@ def test_backoff_doubles_caps_and_resets_on_success() -> None:
     assert refusal_of(pool, provider, now).ready_at == now + 1.0
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"retry-after": "0"},
+        {"retry-after-ms": "0"},
+        {"retry-after": formatdate(WALL_NOW - 60, usegmt=True)},
+        {"x-ratelimit-reset-requests": "0s"},
+    ],
+)
+def test_a_zero_or_past_wait_hint_still_rests_the_backoff(headers: dict[str, str]) -> None:
+    provider = make_provider(keys=1, cooldown=Cooldown(initial=1.0, max=5.0, auth=60.0))
+    pool = KeyPool([provider])
+    verdict = classify_response(429, headers, b"", WALL_NOW)
+    assert verdict.retry_after == 0.0
+    now = 10.0
+    lengths = []
+    for _ in range(3):
+        pool.release(lease_of(pool, provider, now=now), verdict, now)
+        ready_at = refusal_of(pool, provider, now).ready_at
+        assert ready_at is not None
+        lengths.append(ready_at - now)
+        now = ready_at
+    assert lengths == [1.0, 2.0, 4.0]  # as for a 429 without any hint
+
+
+def test_a_positive_wait_hint_is_honoured_even_below_the_backoff() -> None:
+    provider = make_provider(keys=1, cooldown=Cooldown(initial=1.0, max=5.0, auth=60.0))
+    pool = KeyPool([provider])
+    pool.release(lease_of(pool, provider), Verdict(Outcome.RATE_LIMITED, retry_after=0.25), 0.0)
+    assert refusal_of(pool, provider, 0.1).ready_at == 0.25
+    assert isinstance(pool.acquire(provider, provider.endpoints[0], "m", 0.25), Lease)
+
+
 def test_rate_limit_is_per_upstream_model() -> None:
     provider = make_provider(keys=1)
     pool = KeyPool([provider])
@@ -445,10 +480,11 @@ def test_breaker_opens_after_consecutive_failures() -> None:
 
 @pytest.mark.parametrize("outcome", [Outcome.NOT_FOUND, Outcome.CLIENT_ERROR, Outcome.RATE_LIMITED])
 def test_an_answer_resets_the_breaker_count(outcome: Outcome) -> None:
-    provider = make_provider(keys=1, breaker=BreakerSettings(failures=2, open_seconds=30.0))
+    # Two keys: a rate-limited one rests, and the third attempt takes the other.
+    provider = make_provider(keys=2, breaker=BreakerSettings(failures=2, open_seconds=30.0))
     pool = KeyPool([provider])
     pool.release(lease_of(pool, provider), SERVER, 0.0)
-    pool.release(lease_of(pool, provider), Verdict(outcome, retry_after=0.0), 0.0)
+    pool.release(lease_of(pool, provider), Verdict(outcome), 0.0)
     pool.release(lease_of(pool, provider), SERVER, 0.0)
     assert breaker_view(pool, 0.0).state == "closed"
 
@@ -666,7 +702,8 @@ class PoolMachine(RuleBasedStateMachine):
         if v.outcome is Outcome.RATE_LIMITED and v.quota_exhausted:
             self._whole(name, now + max(20.0, v.retry_after or 0.0))
         elif v.outcome is Outcome.RATE_LIMITED:
-            wait = v.retry_after if v.retry_after is not None else 1.0
+            # A zero hint rests the backoff, at least `initial`.
+            wait = v.retry_after if v.retry_after else 1.0
             self._model(name, model, now + wait)
         elif v.outcome is Outcome.AUTH_ERROR:
             self._whole(name, now + 40.0)
