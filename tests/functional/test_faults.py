@@ -528,13 +528,7 @@ async def test_cut_stream_is_continued_by_a_prefill_provider(
     upstream_factory: UpstreamFactory, make_proxy: ProxyFactory
 ) -> None:
     first, resumer, proxy = await prefill_pair(upstream_factory, make_proxy)
-    first.script(
-        Stream(
-            events=chat_stream_events("m", ["Hel", "lo"], finish_reason=None)[:3],
-            done=False,
-            end="reset",
-        )
-    )
+    first.script(Stream(events=cut_events("m"), done=False, end="reset"))
     resumer.script(Stream(events=chat_stream_events("m", [" world"]), done=True))
     async with proxy.post("/v1/chat/completions", chat("m", stream=True)) as r:
         data = await read_sse(r)
@@ -555,13 +549,7 @@ async def test_a_continuation_s_token_usage_is_counted_for_its_provider(
     upstream_factory: UpstreamFactory, make_proxy: ProxyFactory
 ) -> None:
     first, resumer, proxy = await prefill_pair(upstream_factory, make_proxy)
-    first.script(
-        Stream(
-            events=chat_stream_events("m", ["Hel", "lo"], finish_reason=None)[:3],
-            done=False,
-            end="reset",
-        )
-    )
+    first.script(Stream(events=cut_events("m"), done=False, end="reset"))
     resumer.script(
         Stream(events=chat_stream_events("m", [" world"], include_usage=True, prompt_tokens=9))
     )
