@@ -7,7 +7,8 @@ classified by exception type in the I/O layer, which uses the ready-made verdict
 
 What a verdict carries besides its outcome:
 
-    retry_after          how long the upstream asked us to wait (non-2xx answers only)
+    retry_after          how long the upstream asked us to wait (non-2xx answers only): its
+                         headers, else for a 429 Google's `RetryInfo` in the body
     quota_exhausted      a 429/402 whose error says the quota or credits are gone
     preemptive_cooldown  `x-ratelimit-remaining-*: 0` on any answer: wait for the reset
 
@@ -111,6 +112,7 @@ _SPENT_PHRASES = (
     "per day",
     "per-day",
     "per_day",
+    "perday",  # Google's quota ids: GenerateRequestsPerDayPerProjectPerModel-FreeTier
     "daily limit",
     "daily quota",
 )
@@ -153,10 +155,32 @@ def classify_response(
     return Verdict(
         outcome=_outcome(status, body),
         # A 2xx carries reset headers on every answer; they are no request to wait.
-        retry_after=None if ok else retry_after_seconds(headers, wall_now),
+        retry_after=None if ok else _wait_hint(status, headers, body, wall_now),
         quota_exhausted=status in _QUOTA_STATUSES and is_quota_exhausted(body),
         preemptive_cooldown=_preemptive_cooldown(headers, wall_now),
     )
+
+
+def _wait_hint(
+    status: int, headers: Mapping[str, str], body: bytes, wall_now: float
+) -> float | None:
+    seconds = retry_after_seconds(headers, wall_now)
+    if seconds is None and status == 429:
+        seconds = body_retry_delay(body)
+    return seconds
+
+
+def body_retry_delay(body: bytes) -> float | None:
+    """Google's wait hint, which it sends in the error body instead of a header:
+    `{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "45s"}` among
+    the error's `details`. Capped at a day; None when there is none."""
+    for detail in _google_details(_json_error(body)):
+        delay = detail.get("retryDelay")
+        if isinstance(delay, str):
+            seconds = parse_duration(delay)
+            if seconds is not None:
+                return min(seconds, MAX_COOLDOWN)
+    return None
 
 
 def _outcome(status: int, body: bytes) -> Outcome:
@@ -181,13 +205,14 @@ def _outcome(status: int, body: bytes) -> Outcome:
 
 def is_quota_exhausted(body: bytes) -> bool:
     """Whether an error body says the key's quota, credits or daily allowance is spent."""
-    for text in _error_texts(body):
-        text = _URL.sub(" ", text)  # links name pages ("/settings/billing"), not this error
-        if any(marker in text for marker in _SPENT_MARKERS):
-            return True
-        if any(p in text for p in _QUOTA_PHRASES) and not any(m in text for m in _MINUTE_WINDOW):
-            return True
-    return False
+    # Links name pages ("/settings/billing"), not this error.
+    texts = [_URL.sub(" ", text) for text in _error_texts(body)]
+    if any(marker in text for text in texts for marker in _SPENT_MARKERS):
+        return True
+    # The window may be named in another field than the phrase (Google: the message says
+    # "exceeded your current quota", the QuotaFailure's ids say "...PerMinute...").
+    said_quota = any(p in text for text in texts for p in _QUOTA_PHRASES)
+    return said_quota and not any(m in text for text in texts for m in _MINUTE_WINDOW)
 
 
 def _mentions(body: bytes, markers: tuple[str, ...]) -> bool:
@@ -213,6 +238,45 @@ def _error_texts(body: bytes) -> list[str]:
     return [body[:_MAX_SCAN_BYTES].decode("utf-8", "replace").lower()]
 
 
+def _json_error(body: bytes) -> object:
+    """The parsed error body (Google's one-element list unwrapped); None if not JSON."""
+    if not body or len(body) > _MAX_JSON_BYTES:
+        return None
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(document, list) and document:
+        document = document[0]
+    return document
+
+
+def _google_details(document: object) -> list[dict[str, object]]:
+    """The `error.details` objects of a Google-style error (RetryInfo, QuotaFailure, ...)."""
+    error = document.get("error") if isinstance(document, dict) else None
+    details = error.get("details") if isinstance(error, dict) else None
+    if not isinstance(details, list):
+        return []
+    return [d for d in details if isinstance(d, dict)]
+
+
+def _quota_ids(document: object) -> list[str]:
+    """The ids of the quotas a Google `QuotaFailure` says were exceeded: they name the window
+    (`...PerMinute...`, `...PerDay...`) that the message, the same for both, does not."""
+    ids = []
+    for detail in _google_details(document):
+        violations = detail.get("violations")
+        if isinstance(violations, list):
+            for violation in violations:
+                if isinstance(violation, dict):
+                    ids += [
+                        v
+                        for k in ("quotaId", "quotaMetric")
+                        if isinstance(v := violation.get(k), str)
+                    ]
+    return ids
+
+
 _DESCRIPTIVE_FIELDS = ("code", "type", "message", "status", "detail")
 
 
@@ -230,6 +294,7 @@ def _descriptive_strings(document: object) -> list[str]:
         found.append(error)
     elif isinstance(error, dict):
         found.extend(v for f in _DESCRIPTIVE_FIELDS if isinstance(v := error.get(f), str))
+        found.extend(_quota_ids(document))
     return found
 
 

@@ -552,3 +552,80 @@ def test_verdict_of_a_rate_limit_with_everything() -> None:
         x_ratelimit_reset_requests="30s",
     )
     assert verdict == Verdict(Outcome.RATE_LIMITED, 20.0, True, 30.0)
+
+
+# --- Google (Gemini) 429s: the window and the wait are in the body's details ---------------
+
+
+def gemini_429(quota_ids: list[str], retry_delay: str | None, wrapped: bool = False) -> bytes:
+    """A Gemini 429 as its OpenAI-compatible endpoint sends it: the same message for a
+    per-minute throttle and a spent daily allowance; the details tell them apart."""
+    details: list[object] = [
+        {
+            "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+            "violations": [
+                {
+                    "quotaMetric": "generativelanguage.googleapis.com/"
+                    "generate_content_free_tier_requests",
+                    "quotaId": quota_id,
+                    "quotaDimensions": {"location": "global", "model": "gemini-2.5-flash"},
+                    "quotaValue": "10",
+                }
+                for quota_id in quota_ids
+            ],
+        },
+        {
+            "@type": "type.googleapis.com/google.rpc.Help",
+            "links": [{"url": "https://ai.google.dev/gemini-api/docs/rate-limits"}],
+        },
+    ]
+    if retry_delay is not None:
+        details.append(
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay}
+        )
+    error = {
+        "error": {
+            "code": 429,
+            "message": "You exceeded your current quota, please check your plan and billing "
+            "details. For more information on this error, head to: "
+            "https://ai.google.dev/gemini-api/docs/rate-limits.",
+            "status": "RESOURCE_EXHAUSTED",
+            "details": details,
+        }
+    }
+    return orjson.dumps([error] if wrapped else error)
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_gemini_per_minute_429_is_a_throttle_that_waits_its_retry_delay(wrapped: bool) -> None:
+    body = gemini_429(["GenerateRequestsPerMinutePerProjectPerModel-FreeTier"], "45s", wrapped)
+    verdict = classify(429, body)
+    assert verdict.outcome is Outcome.RATE_LIMITED
+    assert not verdict.quota_exhausted
+    assert verdict.retry_after == 45.0
+
+
+def test_gemini_daily_allowance_429_is_a_spent_quota() -> None:
+    ids = [
+        "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+        "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
+    ]
+    verdict = classify(429, gemini_429(ids, "27.5s"))
+    assert verdict.quota_exhausted
+    assert verdict.retry_after == 27.5
+
+
+def test_a_retry_header_wins_over_the_body_delay() -> None:
+    body = gemini_429(["GenerateRequestsPerMinutePerProjectPerModel-FreeTier"], "45s")
+    assert classify(429, body, retry_after="3").retry_after == 3.0
+
+
+def test_a_body_delay_only_counts_on_a_429() -> None:
+    body = gemini_429(["GenerateRequestsPerMinutePerProjectPerModel-FreeTier"], "45s")
+    assert classify(503, body).retry_after is None
+
+
+@pytest.mark.parametrize("delay", ["soon", "-5s", "", "1e400s"])
+def test_an_unreadable_retry_delay_is_no_hint(delay: str) -> None:
+    body = gemini_429(["GenerateRequestsPerMinutePerProjectPerModel-FreeTier"], delay)
+    assert classify(429, body).retry_after is None
