@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from proxy import errors
+from proxy import errors, jsontext
 
 # API path (after `/v1/`) -> metric route label. Other POST paths are routed as "other".
 ROUTES = {
@@ -80,7 +80,11 @@ def parse_payload(body: bytes) -> dict[str, Any]:
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise errors.bad_request(f"The request body is not valid JSON: {exc.msg}.") from None
+        try:
+            # Valid JSON orjson refuses: a lone escaped surrogate (half an emoji).
+            payload = jsontext.loads_refused(body)
+        except ValueError:
+            raise errors.bad_request(f"The request body is not valid JSON: {exc.msg}.") from None
     if not isinstance(payload, dict):
         raise errors.bad_request("The request body must be a JSON object.")
     model = payload.get("model")

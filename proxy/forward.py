@@ -16,7 +16,7 @@ import orjson
 from aiohttp import ClientSession, web
 from aiohttp.web import BaseRequest
 
-from proxy import attempt
+from proxy import attempt, jsontext
 from proxy.attempt import Answer, AttemptLimits, Failed, OpenStream
 from proxy.classify import Verdict
 from proxy.continuation import Continuer, can_continue, later_prefill_candidates
@@ -67,7 +67,7 @@ class Call:
         if body is None:
             payload = dict(self.payload)
             payload["model"] = upstream_model
-            body = orjson.dumps(payload)
+            body = jsontext.dumps(payload)  # the stdlib for what orjson refuses
             self._bodies[upstream_model] = body
         return body
 

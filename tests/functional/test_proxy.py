@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -712,6 +713,7 @@ async def test_readyz_is_503_with_no_provider_enabled(make_proxy: ProxyFactory) 
     [
         (b"", "empty"),
         (b"{not json", "not valid JSON"),
+        (b'{"model": "gpt-test", "temperature": NaN}', "not valid JSON"),
         (b"[1, 2]", "JSON object"),
         (b'{"messages": []}', "'model' is required"),
         (b'{"model": 42}', "non-empty string"),
@@ -730,6 +732,23 @@ async def test_bad_input_is_400(
     assert fragment in error["message"]
     assert error["type"] == "invalid_request_error"
     assert not upstream.seen
+
+
+@pytest.mark.parametrize("rewrite", [False, True])
+async def test_a_lone_surrogate_in_the_request_is_forwarded_not_refused(
+    upstream: FakeUpstream, make_proxy: ProxyFactory, rewrite: bool
+) -> None:
+    # Valid JSON (RFC 8259) that orjson refuses: half an emoji, as a JavaScript client cuts it.
+    models = {"gpt-test": "upstream-m"} if rewrite else ["gpt-test"]
+    proxy = await make_proxy(document({"main": provider(upstream.base_url, models=models)}))
+    body = b'{"model": "gpt-test", "messages": [{"role": "user", "content": "Hi \\ud83d"}]}'
+    async with proxy.post(
+        "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+    ) as r:
+        assert r.status == 200
+    sent = json.loads(upstream.seen[0].body)
+    assert sent["messages"][0]["content"] == "Hi \ud83d"
+    assert sent["model"] == ("upstream-m" if rewrite else "gpt-test")
 
 
 async def test_body_over_the_limit_is_413(upstream: FakeUpstream, make_proxy: ProxyFactory) -> None:
