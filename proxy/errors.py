@@ -77,6 +77,30 @@ def body_too_large(limit: int) -> ProxyError:
     )
 
 
+def unsupported_content_encoding(coding: str) -> ProxyError:
+    # The client's own header value: escaped, since non-UTF-8 bytes would not encode as JSON.
+    shown = coding[:64].encode("ascii", "backslashreplace").decode("ascii")
+    return ProxyError(
+        415,
+        f"Content-Encoding '{shown}' is not accepted; send the request body uncompressed.",
+        "invalid_request_error",
+        "unsupported_content_encoding",
+        # RFC 9110 §15.5.16: say which codings would have been accepted.
+        headers=(("Accept-Encoding", "identity"),),
+    )
+
+
+def request_timeout(seconds: float) -> ProxyError:
+    return ProxyError(
+        408,
+        f"The request body stalled: no bytes arrived for {seconds:g} seconds.",
+        "invalid_request_error",
+        "request_timeout",
+        # RFC 9110 §15.5.9: the server gives up on the connection, and says so.
+        headers=(("Connection", "close"),),
+    )
+
+
 def internal_error(request_id: str) -> ProxyError:
     return ProxyError(
         500,
@@ -86,9 +110,9 @@ def internal_error(request_id: str) -> ProxyError:
     )
 
 
-def scrub(body: bytes, secrets: tuple[str, ...]) -> bytes:
-    """Remove key values an upstream may echo back in an error body (some do)."""
+def scrub(body: bytes, secrets: tuple[bytes, ...]) -> bytes:
+    """Remove credential values an upstream may echo back in a body (some do)."""
     for secret in secrets:
-        if secret and secret.encode() in body:
-            body = body.replace(secret.encode(), b"***")
+        if secret in body:
+            body = body.replace(secret, b"***")
     return body

@@ -22,7 +22,7 @@ from proxy.classify import Verdict
 from proxy.continuation import Continuer, can_continue, later_prefill_candidates
 from proxy.continuation import Result as ContinuationResult
 from proxy.downstream import ClientStream, SSEResponse
-from proxy.errors import ProxyError, error_body, scrub
+from proxy.errors import ProxyError, bad_request, error_body, scrub
 from proxy.failover import Exhausted, Failover, Trail, Won, exhausted_error
 from proxy.gateway import Gateway
 from proxy.keypool import Lease
@@ -67,7 +67,14 @@ class Call:
         if body is None:
             payload = dict(self.payload)
             payload["model"] = upstream_model
-            body = jsontext.dumps(payload)  # the stdlib for what orjson refuses
+            try:
+                body = jsontext.dumps(payload)  # the stdlib for what orjson refuses
+            except ValueError:
+                # Parsed, but too deep for either encoder to write back: the client's to fix,
+                # and no upstream would take it either.
+                raise bad_request(
+                    "The request body is nested too deeply to forward; flatten it."
+                ) from None
             self._bodies[upstream_model] = body
         return body
 
@@ -97,7 +104,13 @@ class Forwarder:
             self._url(candidate, call),
             call.body_for(candidate.upstream_model),
             attempt_headers(candidate.provider, lease, call.forwarded),
-            AttemptLimits(timeouts.connect, timeouts.first_byte, timeouts.idle, deadline),
+            AttemptLimits(
+                timeouts.connect,
+                timeouts.first_byte,
+                timeouts.idle,
+                deadline,
+                self._gateway.settings.server.max_response_bytes,
+            ),
         )
 
     def _deadline(self, call: Call, candidate: Candidate) -> float:
@@ -140,13 +153,16 @@ class Forwarder:
         self._gateway.pool.release(outcome.lease, answer.verdict, self._now())
         call.status = answer.status
         headers = self._routing_headers(call)
+        # An upstream that echoes request headers (debug endpoints, some gateways) would hand
+        # the key to the client: a search per credential, nothing copied when none is there.
+        body = scrub(answer.body, self._gateway.secrets)
         if answer.content_type is not None:
             # Not JSON (audio, an image, plain text): the upstream's bytes and type as they came.
             headers["Content-Type"] = answer.content_type
-            return web.Response(status=answer.status, body=answer.body, headers=headers)
+            return web.Response(status=answer.status, body=body, headers=headers)
         return web.Response(
             status=answer.status,
-            body=answer.body,
+            body=body,
             content_type="application/json",
             headers=headers,
         )

@@ -7,6 +7,8 @@ reference, so a request keeps the gateway it started with until it ends (SPEC §
 
 from __future__ import annotations
 
+import re
+
 from proxy.keypool import KeyPool
 from proxy.routing import TierTable
 from proxy.settings import Settings
@@ -23,10 +25,11 @@ class Gateway:
         self.pool: KeyPool = KeyPool(
             self.table.enabled, previous=previous.pool if previous is not None else None
         )
-        # Every upstream key value, longest first: scrubbed from any upstream body we relay.
-        self.secrets: tuple[str, ...] = tuple(
+        # Every upstream credential, longest first (so a key that contains another goes
+        # whole): scrubbed from any upstream body we relay, in UTF-8 as bodies are.
+        self.secrets: tuple[bytes, ...] = tuple(
             sorted(
-                {key.secret.reveal() for p in settings.providers for key in p.keys},
+                {value.encode() for value in _credentials(settings) if value},
                 key=len,
                 reverse=True,
             )
@@ -35,3 +38,17 @@ class Gateway:
     @property
     def ready(self) -> bool:
         return bool(self.table.enabled)
+
+
+# A provider's extra header is a credential when its name says so (`x-goog-api-key`,
+# `x-extra-token`, `Cookie`, ...); other values (`anthropic-version: 2023-06-01`) are not
+# secrets, and scrubbing them would garble ordinary text.
+_CREDENTIAL_NAME = re.compile(r"key|token|secret|auth|passw|cookie|signature|credential", re.I)
+
+
+def _credentials(settings: Settings) -> list[str]:
+    """Every key value, and the values of provider headers that carry a credential."""
+    values = [key.secret.reveal() for p in settings.providers for key in p.keys]
+    for provider in settings.providers:
+        values += [value for name, value in provider.headers if _CREDENTIAL_NAME.search(name)]
+    return values

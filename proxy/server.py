@@ -33,6 +33,17 @@ from proxy.upstream import forwardable_headers, new_session
 
 log = logging.getLogger("proxy.server")
 
+# Idle keep-alive connections, and request headers that never finish, are closed after this
+# long (aiohttp's own default is an hour). Longer than the idle timeouts of common clients and
+# load balancers (60 s on many): whoever reuses a connection must be the one to give it up
+# first, or its next request races our close and fails.
+KEEPALIVE_SECONDS = 75.0
+# Longest silence allowed while a request body uploads (408 after it). Bounds the silence, not
+# the upload, so a large body on a slow link still gets through; a client quiet this long has
+# stalled, or is holding the connection open on purpose.
+BODY_SILENCE_SECONDS = 30.0
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
 Handler = Callable[[BaseRequest, str], Awaitable[web.StreamResponse]]
 
 SHUTDOWN_EVENT = encode_event(
@@ -119,7 +130,15 @@ class ProxyServer:
             self._forwarder = self._new_forwarder(gateway)
 
     def web_server(self) -> web.Server:
-        return web.Server(self.handle, handler_cancellation=True, access_log=None)
+        return web.Server(
+            self.handle,
+            handler_cancellation=True,
+            access_log=None,
+            keepalive_timeout=KEEPALIVE_SECONDS,
+            # A compressed body is refused (415) before it is read; without this, aiohttp would
+            # inflate it anyway, unbounded, while the answer is a 401 or the 415.
+            auto_decompress=False,
+        )
 
     # -- dispatch ------------------------------------------------------------------------
 
@@ -145,8 +164,11 @@ class ProxyServer:
             response = await self._dispatch(request, request_id)
         except ProxyError as exc:
             response = _error(exc, request_id)
-        except (asyncio.CancelledError, ConnectionResetError):
+        except asyncio.CancelledError:
             raise
+        except ConnectionResetError:
+            # The client is gone: nothing can reach it, and it is no server error to log.
+            return web.Response(status=499)
         except Exception:
             log.exception("unexpected error", extra={"request_id": request_id})
             response = _error(errors.internal_error(request_id), request_id)
@@ -217,7 +239,11 @@ class ProxyServer:
         token = clientrequest.presented_key(request.headers)
         if token is None:
             raise errors.invalid_api_key()
-        presented = token.encode()
+        try:
+            presented = token.encode()
+        except UnicodeEncodeError:
+            # Header bytes that are not UTF-8 arrive as surrogate escapes: never one of our keys.
+            raise errors.invalid_api_key() from None
         # Compare against every key without stopping early: timing reveals nothing.
         matched = False
         for key in self._api_keys:
@@ -226,17 +252,45 @@ class ProxyServer:
             raise errors.invalid_api_key()
 
     async def _read_body(self, request: BaseRequest) -> bytes:
+        clientrequest.check_content_encoding(request.headers.get("Content-Encoding"))
         limit = self.gateway.settings.server.max_body_bytes
         length = request.content_length
         if length is not None and length > limit:
             raise errors.body_too_large(limit)
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                raise errors.body_too_large(limit)
-            chunks.append(chunk)
+        content = request.content
+        # A body usually arrives whole with the headers: take it with no wait and no timer.
+        body = content.read_nowait()
+        if len(body) > limit:
+            raise errors.body_too_large(limit)
+        if content.at_eof():
+            return body
+        return await self._read_rest(request, body, limit)
+
+    async def _read_rest(self, request: BaseRequest, first: bytes, limit: int) -> bytes:
+        """The rest of a body still uploading, each wait bounded by `BODY_SILENCE_SECONDS`."""
+        if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == (
+            "100-continue"
+        ):
+            # The client waits for this before it sends the body (curl for a second, then
+            # sends anyway). Sent only now, so a 401 or 413 answer never invites the upload.
+            writer = request.writer
+            await writer.write(_CONTINUE)
+            writer.output_size = 0  # the interim answer is no part of the response's size
+        content = request.content
+        chunks = [first] if first else []
+        size = len(first)
+        silence = BODY_SILENCE_SECONDS
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(silence) as bound:
+                while chunk := await content.readany():
+                    bound.reschedule(loop.time() + silence)
+                    size += len(chunk)
+                    if size > limit:
+                        raise errors.body_too_large(limit)
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise errors.request_timeout(silence) from None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     # -- routed requests -----------------------------------------------------------------
@@ -288,6 +342,15 @@ class ProxyServer:
             if call.interrupted != "shutdown":
                 call.status = 499  # client closed the request (nginx's convention, log only)
                 self.observer.client_disconnect(call.route)
+            raise
+        except ConnectionResetError:
+            # A write to a client whose connection is already closing: it left mid-stream,
+            # before aiohttp noticed and cancelled this handler. A disconnect like any other.
+            call.status = 499
+            self.observer.client_disconnect(call.route)
+            stream = call.client_stream
+            if stream is not None and stream.response is not None:
+                return stream.response  # aiohttp finishes a response to a gone client quietly
             raise
         except ProxyError as exc:
             call.status = exc.status
@@ -383,6 +446,8 @@ def _error(exc: ProxyError, request_id: str) -> web.Response:
     response = web.Response(status=exc.status, body=exc.body(), content_type="application/json")
     for name, value in exc.headers:
         response.headers[name] = value
+        if name == "Connection" and value == "close":
+            response.force_close()  # so that aiohttp, too, ends the connection after it
     return response
 
 

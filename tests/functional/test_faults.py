@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
+from proxy.downstream import SSEResponse
 from tests.fakes.upstream import (
     FakeUpstream,
     Hang,
@@ -710,6 +713,38 @@ async def test_client_leaving_mid_stream_cancels_the_upstream_and_frees_the_key(
     assert pool.key_views(time.monotonic())[0].in_flight == 0
     text = await proxy.metrics_text()
     assert 'llmproxy_client_disconnects_total{route="chat_completions"} 1.0' in text
+
+
+async def test_a_write_to_a_closing_client_counts_as_a_disconnect_not_a_server_error(
+    upstream: FakeUpstream,
+    make_proxy: ProxyFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The client closed while events were in flight: aiohttp refuses the next write
+    # ("Cannot write to closing transport") before it has cancelled the handler.
+    writes = 0
+    real_write = SSEResponse.write
+
+    async def write_until_the_client_is_gone(self: SSEResponse, data: bytes) -> None:
+        nonlocal writes
+        writes += 1
+        if writes > 1:
+            raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+        await real_write(self, data)
+
+    monkeypatch.setattr(SSEResponse, "write", write_until_the_client_is_gone)
+    upstream.script(Stream(delay=0.05))
+    proxy = await make_proxy(document({"p": provider(upstream.base_url)}))
+    async with proxy.post("/v1/chat/completions", chat(stream=True)) as r:
+        await r.read()
+    scrape = Scrape(await proxy.metrics_text())
+    counted = {
+        s.labels["status"]: s.value for s in scrape.samples("llmproxy_requests_total") if s.value
+    }
+    assert counted == {"499": 1.0}
+    assert scrape.value("llmproxy_client_disconnects_total", route="chat_completions") == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_other_api_streams_relay_done_only_when_sent(

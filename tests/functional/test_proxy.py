@@ -449,6 +449,26 @@ async def test_upstream_error_body_is_scrubbed_of_the_key(
     assert b"sk-secret-99" not in raw
 
 
+@pytest.mark.parametrize("status", [200, 422])
+async def test_credentials_in_provider_headers_and_keys_are_scrubbed_from_any_answer(
+    upstream: FakeUpstream, make_proxy: ProxyFactory, status: int
+) -> None:
+    # An upstream that echoes the request headers back, as debug endpoints and some
+    # gateways do: neither the key nor a credential in `headers:` may reach the client.
+    echoed = {"echo": {"authorization": "Bearer sk-key-77", "x-extra-token": "tok-hdr-55"}}
+    echoed |= {"version": "2023-06-01"}
+    upstream.script(Reply(status, json={"id": "x", "choices": [], **echoed}))
+    headers = {"x-extra-token": "tok-hdr-55", "anthropic-version": "2023-06-01"}
+    proxy = await make_proxy(
+        document({"main": provider(upstream.base_url, keys=["sk-key-77"], headers=headers)})
+    )
+    async with proxy.post("/v1/chat/completions", chat()) as r:
+        assert r.status == status
+        raw = await r.read()
+    assert b"sk-key-77" not in raw and b"tok-hdr-55" not in raw
+    assert b"2023-06-01" in raw  # a header that is no credential is left alone
+
+
 async def test_context_length_goes_to_a_different_upstream_model(
     upstream_factory: UpstreamFactory, make_proxy: ProxyFactory
 ) -> None:
