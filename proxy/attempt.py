@@ -13,6 +13,7 @@ Failure classes at this layer (transport errors split by phase, then kind):
     after a 2xx status:      reset before the answer              -> connect_error
                              silent past `first_byte`             -> timeout
                              not JSON / not SSE / error event     -> bad_response
+                             a plain answer over its size cap     -> bad_response
 
 What a plain answer must be depends on the route. The OpenAI JSON APIs (`JSON_ROUTES`) answer
 JSON whatever their Content-Type says. Other routed paths (`audio/speech`, ...) may answer any
@@ -29,7 +30,7 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import ClientResponse, ClientSession
-from aiohttp.hdrs import CONTENT_TYPE
+from aiohttp.hdrs import CONTENT_ENCODING, CONTENT_TYPE
 from multidict import CIMultiDictProxy
 
 from proxy.classify import (
@@ -42,6 +43,7 @@ from proxy.classify import (
 )
 from proxy.clientrequest import ROUTES
 from proxy.jsontext import loads, salvage
+from proxy.settings import MAX_RESPONSE_BYTES
 from proxy.sse import DONE_DATA, SSEDecoder, SSEError, SSEEvent
 from proxy.streamstate import is_error_event
 from proxy.timing import loop_time_at
@@ -101,6 +103,9 @@ class AttemptLimits:
     first_byte: float  # relative to the attempt's start
     idle: float
     deadline: float  # absolute, on time.monotonic(): the request's total budget
+    # A plain answer is held whole before it is relayed: past this many bytes (inflated) it is
+    # a broken upstream, not an answer. Streams are bounded per event by the SSE decoder.
+    max_response_bytes: int = MAX_RESPONSE_BYTES
 
 
 def failed_transport(exc: BaseException) -> Failed:
@@ -146,6 +151,28 @@ async def _open(
         return failed_transport(exc)
 
 
+async def _read_answer(response: ClientResponse, cap: int) -> bytes | None:
+    """The whole 2xx body, or None as soon as it is known to be over `cap` bytes."""
+    length = response.content_length
+    if length is not None and not response.headers.get(CONTENT_ENCODING):
+        # The parser reads no more than the declared length: one read, as cheap as ever.
+        if length > cap:
+            return None
+        return await response.read()
+    # No length, or a compressed body whose length says nothing of what it inflates to:
+    # counted as read. aiohttp inflates chunk by chunk under flow control (`read()` would
+    # lift it), so a gzip bomb stops here at `cap` too.
+    content = response.content
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await content.readany():
+        size += len(chunk)
+        if size > cap:
+            return None
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 def _media_type(response: ClientResponse) -> str | None:
     """The declared media type of a 2xx body that need not be JSON; None if it must be."""
     if not response.headers.get(CONTENT_TYPE):
@@ -179,7 +206,7 @@ async def plain(
     """
     started = time.monotonic()
     response: ClientResponse | None = None
-    data = b""
+    data: bytes | None = b""
     try:
         # One timer for both phases, moved once: the headers within `first_byte`, then the
         # body within the request's budget (a second asyncio.timeout cost more than that).
@@ -188,11 +215,21 @@ async def plain(
             ttfb = time.monotonic() - started
             if 200 <= response.status < 300:
                 timer.reschedule(loop_time_at(limits.deadline))
-                data = await response.read()
+                data = await _read_answer(response, limits.max_response_bytes)
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         if response is not None:
             response.release()
         return failed_transport(exc)
+    if data is None:
+        # The rest of the body is still on the wire: the connection must not be reused.
+        response.close()
+        return Failed(
+            BAD_RESPONSE_VERDICT,
+            response.status,
+            response.headers,
+            b"",
+            "answer over server.max_response_bytes",
+        )
     try:
         if not 200 <= response.status < 300:
             return await _fail_from_status(response, limits)

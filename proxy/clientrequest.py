@@ -73,6 +73,20 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
     return headers.get("x-api-key") or headers.get("api-key")
 
 
+def check_content_encoding(value: str | None) -> None:
+    """A 415 for a body sent compressed (`Content-Encoding` other than `identity`).
+
+    Inflating is work the client chooses the size of: a 1 MB gzip body can inflate to 1 GB,
+    far past `max_body_bytes`, and the read would stall every other request meanwhile.
+    """
+    if value is None:
+        return
+    for coding in value.split(","):
+        coding = coding.strip()
+        if coding and coding.lower() != "identity":
+            raise errors.unsupported_content_encoding(coding)
+
+
 def parse_payload(body: bytes) -> dict[str, Any]:
     """The body as a JSON object with a non-empty string `model`, else a 400 (SPEC §8)."""
     if not body:

@@ -54,6 +54,7 @@ _LISTEN_PORT = Range(integer=True, low=0, high=65535)  # 0: the OS picks one (te
 _SERVER_NUMBERS: dict[str, Range] = {
     "port": _LISTEN_PORT,
     "max_body_bytes": COUNT,
+    "max_response_bytes": COUNT,
     "shutdown_grace_seconds": NON_NEGATIVE,
     "sse_keepalive_seconds": POSITIVE,
 }

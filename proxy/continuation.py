@@ -142,10 +142,6 @@ class Continuer:
     ) -> ContinuationOutcome:
         provider = candidate.provider
         name = provider.name
-        # The text so far may end in half an emoji (a lone surrogate), which orjson refuses.
-        body = jsontext.dumps(
-            prefill_payload(payload, candidate.upstream_model, "".join(tracker.text))
-        )
         headers = attempt_headers(provider, lease, self._forwarded)
         headers["Accept"] = "text/event-stream"
         timeouts = provider.timeouts
@@ -153,6 +149,13 @@ class Continuer:
         opened = None
         verdict = None
         try:
+            prefill = prefill_payload(payload, candidate.upstream_model, "".join(tracker.text))
+            try:
+                # The text so far may end in half an emoji (a lone surrogate), which orjson
+                # refuses; the stdlib writes it, unless the request nests past its own limit.
+                body = jsontext.dumps(prefill)
+            except ValueError:
+                return ContinuationOutcome(Result.REFUSED, name)  # it cannot be sent again
             opened = await attempt.stream(
                 self._session, self._build_url(candidate), body, headers, limits
             )

@@ -184,7 +184,17 @@ class Forwarder:
                 headers["Accept"] = "text/event-stream"
                 return await attempt.stream(self._session, url, body, headers, limits)
 
-            outcome = await self._failover.run(plan, call.trail, deadline, try_once)
+            try:
+                outcome = await self._failover.run(plan, call.trail, deadline, try_once)
+            except ProxyError as refused:
+                # The client's body could not be sent on (`Call.body_for`). Before any byte
+                # went out it is an ordinary error answer; after keepalives sent a 200 it
+                # must end the stream as an error event, not leave it empty.
+                if not client.prepared:
+                    raise
+                call.status = refused.status
+                await self._stream_error(client.response, call, refused)
+                return client.response  # type: ignore[return-value]
             if isinstance(outcome, Exhausted):
                 failure = exhausted_error(outcome, call.model, call.trail)
                 if not client.prepared:

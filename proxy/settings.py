@@ -219,6 +219,11 @@ class Provider:
         return self.paths is None or path in self.paths
 
 
+# The largest plain (non-stream) upstream answer the proxy holds in memory, as inflated: a
+# JSON answer is read whole before it is relayed, so this bounds what one request can cost.
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     host: str = "127.0.0.1"
@@ -226,6 +231,7 @@ class ServerSettings:
     api_keys: tuple[Secret, ...] = ()
     allow_unauthenticated: bool = False
     max_body_bytes: int = 32 * 1024 * 1024
+    max_response_bytes: int = MAX_RESPONSE_BYTES
     shutdown_grace_seconds: float = 30.0
     sse_keepalive_seconds: float = 15.0
 

@@ -12,6 +12,7 @@ from proxy.config import parse_settings
 from proxy.gateway import Gateway
 from proxy.metrics import Metrics
 from proxy.server import ProxyServer
+from tests.fakes.upstream import FakeUpstream, UpstreamFactory
 
 PROXY_KEY = "test-proxy-key"
 AUTH = {"Authorization": f"Bearer {PROXY_KEY}"}
@@ -136,6 +137,23 @@ async def read_sse(response: aiohttp.ClientResponse) -> list[bytes]:
 
 
 ProxyFactory = Callable[..., Awaitable[ProxyHarness]]
+
+
+async def two_tiers(
+    make_proxy: ProxyFactory,
+    upstream_factory: UpstreamFactory,
+    defaults: Mapping[str, Any] | None = None,
+    **server: Any,
+) -> tuple[ProxyHarness, FakeUpstream, FakeUpstream]:
+    """`primary` (tier 1, key k1) and its fallback `backup` (tier 2, key b1) behind a proxy."""
+    primary = await upstream_factory("primary")
+    backup = await upstream_factory("backup")
+    providers = {
+        "primary": provider(primary.base_url, keys=["k1"]),
+        "backup": provider(backup.base_url, tier=2, keys=["b1"]),
+    }
+    proxy = await make_proxy(document(providers, defaults, **server))
+    return proxy, primary, backup
 
 
 def scenario_document(a: str, b: str, limited: str, cut: str, slow: str) -> dict[str, Any]:

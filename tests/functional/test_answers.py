@@ -9,34 +9,16 @@ relayed, never dropped.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import orjson
 import pytest
 
-from tests.fakes.upstream import FakeUpstream, Reply, Stream, UpstreamFactory
+from tests.fakes.upstream import Reply, Stream, UpstreamFactory
 from tests.functional.scrape import Scrape
-from tests.harness import ProxyFactory, ProxyHarness, chat, document, provider, read_sse
+from tests.harness import ProxyFactory, chat, read_sse, two_tiers
 
 MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x00\xff\xfb\x90\x00fake-mp3-frames\x00\x01\x02"
 SPEECH = {"model": "tts-1", "input": "Hello", "voice": "alloy"}
-
-
-async def two_tiers(
-    make_proxy: ProxyFactory, upstream_factory: UpstreamFactory, **defaults: Any
-) -> tuple[ProxyHarness, FakeUpstream, FakeUpstream]:
-    primary = await upstream_factory("primary")
-    backup = await upstream_factory("backup")
-    proxy = await make_proxy(
-        document(
-            {
-                "primary": provider(primary.base_url, keys=["k1"]),
-                "backup": provider(backup.base_url, tier=2, keys=["b1"]),
-            },
-            defaults=defaults or None,
-        )
-    )
-    return proxy, primary, backup
 
 
 # -- answers that are not JSON -------------------------------------------------------------
@@ -47,7 +29,7 @@ async def test_audio_from_another_route_is_relayed_as_it_came(
 ) -> None:
     # One bad_response would open this breaker: the answers must count as successes.
     proxy, primary, backup = await two_tiers(
-        make_proxy, upstream_factory, breaker={"failures": 1, "open_seconds": 30}
+        make_proxy, upstream_factory, {"breaker": {"failures": 1, "open_seconds": 30}}
     )
     primary.default = Reply(200, body=MP3, headers={"Content-Type": "audio/mpeg"})
     for _ in range(3):

@@ -588,6 +588,24 @@ async def test_a_continuation_after_half_an_emoji_sends_it_as_a_valid_escape(
     assert sent["messages"][-1] == {"role": "assistant", "content": "Hi \ud83d"}
 
 
+async def test_a_request_too_deep_to_send_again_is_not_continued_and_frees_the_key(
+    upstream_factory: UpstreamFactory, make_proxy: ProxyFactory
+) -> None:
+    # Forwarded as it came, but too deeply nested for the prefill request to be written.
+    first, resumer, proxy = await prefill_pair(upstream_factory, make_proxy)
+    first.script(Stream(events=cut_events("m"), done=False, end="reset"))
+    deep = b"[" * 1000 + b"]" * 1000
+    body = orjson.dumps(chat("m", stream=True))[:-1] + b',"metadata_blob":' + deep + b"}"
+    async with proxy.post(
+        "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+    ) as r:
+        assert r.status == 200
+        data = await read_sse(r)
+    assert orjson.loads(data[-1])["error"]["code"] == "stream_reset"
+    assert not resumer.seen
+    assert all(v.in_flight == 0 for v in proxy.server.gateway.pool.key_views(time.monotonic()))
+
+
 async def test_refused_continuation_reports_the_original_failure(
     upstream_factory: UpstreamFactory, make_proxy: ProxyFactory
 ) -> None:

@@ -396,6 +396,7 @@ def test_server_defaults() -> None:
     server = parse(document()).server
     assert (server.host, server.port, server.api_keys) == ("127.0.0.1", 8000, ())
     assert server.max_body_bytes == 32 * 1024 * 1024
+    assert server.max_response_bytes == 64 * 1024 * 1024
     assert (server.shutdown_grace_seconds, server.sse_keepalive_seconds) == (30.0, 15.0)
     assert server.allow_unauthenticated is False
 
@@ -407,6 +408,7 @@ def test_server_fields() -> None:
             "port": 8080,
             "api_keys": ["${PROXY_API_KEY}", "${SECOND:-}", "", "${PROXY_API_KEY}"],
             "max_body_bytes": 1024,
+            "max_response_bytes": "${ANSWER_CAP:-1048576}",
             "shutdown_grace_seconds": 0,
             "sse_keepalive_seconds": 0.5,
         }
@@ -415,6 +417,7 @@ def test_server_fields() -> None:
     assert (server.host, server.port) == ("0.0.0.0", 8080)
     assert [secret.reveal() for secret in server.api_keys] == ["proxy-key"]
     assert (server.max_body_bytes, server.shutdown_grace_seconds) == (1024, 0.0)
+    assert server.max_response_bytes == 1048576
     assert server.sse_keepalive_seconds == 0.5
 
 
@@ -422,6 +425,13 @@ def test_server_fields() -> None:
     ("field", "value", "message"),
     [
         ("max_body_bytes", 0, "must be >= 1, got 0"),
+        ("max_response_bytes", 0, "must be >= 1, got 0"),
+        ("max_response_bytes", -5, "must be >= 1, got -5"),
+        ("max_response_bytes", 1.5, "expected an integer, got 1.5"),
+        ("max_response_bytes", "64MiB", 'expected an integer, got "64MiB"'),
+        ("max_response_bytes", True, "expected an integer, got true"),
+        ("max_response_bytes", None, "expected an integer, got null"),
+        ("max_response_byte", 1, "unknown field; did you mean 'max_response_bytes'?"),
         ("shutdown_grace_seconds", -1, "must be >= 0, got -1"),
         ("sse_keepalive_seconds", 0, "must be > 0, got 0"),
         ("port", 65536, "must be between 0 and 65535, got 65536"),
