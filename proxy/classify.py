@@ -1,9 +1,10 @@
 """Classify an upstream HTTP answer into one of the SPEC §5 outcomes.
 
-Pure: no I/O, no clock. `classify_response` takes the wall-clock time only to turn an
-HTTP-date `Retry-After` into seconds. Transport failures (refused, reset, silent) are
-classified by exception type in the I/O layer, which uses the ready-made verdicts
-`CONNECT_ERROR_VERDICT`, `TIMEOUT_VERDICT` and `BAD_RESPONSE_VERDICT`.
+Pure: no I/O, no clock. `classify_response` takes the wall-clock time only for the wait
+hints `proxy.waithint` reads (an HTTP-date `Retry-After`, an epoch reset). Transport
+failures (refused, reset, silent) are classified by exception type in the I/O layer, which
+uses the ready-made verdicts `CONNECT_ERROR_VERDICT`, `TIMEOUT_VERDICT` and
+`BAD_RESPONSE_VERDICT`.
 
 What a verdict carries besides its outcome:
 
@@ -18,28 +19,19 @@ megabytes of junk); nothing here raises on any of them.
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC
-from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
 import orjson
 
-MAX_COOLDOWN = 86400.0
-"""Upstream wait hints are honoured as given, but never beyond a day."""
+from proxy.waithint import MAX_COOLDOWN, parse_duration, preemptive_cooldown, retry_after_seconds
 
 # Error bodies are small; past these sizes the body is not an OpenAI error object, so only
 # its beginning is worth a look.
 _MAX_JSON_BYTES = 1024 * 1024
 _MAX_SCAN_BYTES = 64 * 1024
-
-# A plain number this large is no duration (31 years): some providers send the reset as an
-# epoch timestamp instead, in seconds or milliseconds.
-_EPOCH_SECONDS = 1e9
-_EPOCH_MILLISECONDS = 1e12
 
 
 class Outcome(StrEnum):
@@ -132,20 +124,6 @@ _URL = re.compile(r"https?://\S+")
 _CONTEXT_STATUSES = frozenset({400, 413, 422})
 _QUOTA_STATUSES = frozenset({402, 429})
 
-_PLAIN_NUMBER = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)")
-_DURATION = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_UNIT_SECONDS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "μs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-
 
 def classify_response(
     status: int, headers: Mapping[str, str], body: bytes, wall_now: float
@@ -157,7 +135,7 @@ def classify_response(
         # A 2xx carries reset headers on every answer; they are no request to wait.
         retry_after=None if ok else _wait_hint(status, headers, body, wall_now),
         quota_exhausted=status in _QUOTA_STATUSES and is_quota_exhausted(body),
-        preemptive_cooldown=_preemptive_cooldown(headers, wall_now),
+        preemptive_cooldown=preemptive_cooldown(headers, wall_now),
     )
 
 
@@ -228,24 +206,24 @@ def _error_texts(body: bytes) -> list[str]:
     """
     if not body:
         return []
-    if len(body) <= _MAX_JSON_BYTES:
-        try:
-            document = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            pass
-        else:
-            return [text.lower() for text in _descriptive_strings(document)]
-    return [body[:_MAX_SCAN_BYTES].decode("utf-8", "replace").lower()]
+    document = _json_error(body)
+    if document is _NOT_JSON:
+        return [body[:_MAX_SCAN_BYTES].decode("utf-8", "replace").lower()]
+    return [text.lower() for text in _descriptive_strings(document)]
+
+
+_NOT_JSON = object()
 
 
 def _json_error(body: bytes) -> object:
-    """The parsed error body (Google's one-element list unwrapped); None if not JSON."""
+    """The parsed error body (Google's one-element list unwrapped); `_NOT_JSON` for a body
+    that is not JSON, or too large to be an error object."""
     if not body or len(body) > _MAX_JSON_BYTES:
-        return None
+        return _NOT_JSON
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None
+        return _NOT_JSON
     if isinstance(document, list) and document:
         document = document[0]
     return document
@@ -281,9 +259,6 @@ _DESCRIPTIVE_FIELDS = ("code", "type", "message", "status", "detail")
 
 
 def _descriptive_strings(document: object) -> list[str]:
-    # Google-style errors come wrapped in a one-element list.
-    if isinstance(document, list) and document:
-        document = document[0]
     if isinstance(document, str):
         return [document]
     if not isinstance(document, dict):
@@ -296,120 +271,3 @@ def _descriptive_strings(document: object) -> list[str]:
         found.extend(v for f in _DESCRIPTIVE_FIELDS if isinstance(v := error.get(f), str))
         found.extend(_quota_ids(document))
     return found
-
-
-def parse_duration(text: str) -> float | None:
-    """Seconds in a Go-style duration (`1s`, `6m0s`, `20ms`, `1h2m3.5s`) or a plain number.
-
-    None for anything else, negative or not finite.
-    """
-    text = text.strip().lower()
-    if _PLAIN_NUMBER.fullmatch(text):
-        return _finite(float(text))
-    if not _DURATION.fullmatch(text):
-        return None
-    total = sum(
-        float(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION_PART.findall(text)
-    )
-    return _finite(total)
-
-
-def retry_after_seconds(headers: Mapping[str, str], wall_now: float) -> float | None:
-    """How long the upstream asks us to wait, from the first usable header, capped at a day.
-
-    Preference: `retry-after-ms`, `Retry-After` (seconds or an HTTP date),
-    `x-ratelimit-reset-requests`, `x-ratelimit-reset-tokens`. An unparsable header is
-    skipped as if absent.
-    """
-    for name, parse in _WAIT_HEADERS:
-        raw = header(headers, name)
-        if raw is None:
-            continue
-        seconds = parse(raw, wall_now)
-        if seconds is not None:
-            return min(seconds, MAX_COOLDOWN)
-    return None
-
-
-def _preemptive_cooldown(headers: Mapping[str, str], wall_now: float) -> float | None:
-    """How long to rest a key whose window is used up, before it earns a 429."""
-    longest: float | None = None
-    for kind in ("requests", "tokens"):
-        remaining = _number(header(headers, f"x-ratelimit-remaining-{kind}"))
-        if remaining is None or remaining > 0:
-            continue
-        raw = header(headers, f"x-ratelimit-reset-{kind}")
-        seconds = None if raw is None else _reset_seconds(raw, wall_now)
-        if seconds is not None:
-            longest = seconds if longest is None else max(longest, seconds)
-    if longest is None or longest <= 0:
-        return None
-    return min(longest, MAX_COOLDOWN)
-
-
-def header(headers: Mapping[str, str], name: str) -> str | None:
-    """`headers[name]` whatever its casing (`name` is given in lower case)."""
-    value = headers.get(name)
-    if value is not None:
-        return value
-    # A CIMultiDict already matched above; a plain dict may hold any casing.
-    for key, candidate in headers.items():
-        if key.lower() == name:
-            return candidate
-    return None
-
-
-def _retry_after_ms(raw: str, wall_now: float) -> float | None:
-    millis = _non_negative(raw)
-    return None if millis is None else millis / 1000.0
-
-
-def _retry_after(raw: str, wall_now: float) -> float | None:
-    seconds = _non_negative(raw)
-    if seconds is not None:
-        return seconds
-    try:
-        when = parsedate_to_datetime(raw.strip())
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)  # RFC 9110 dates are GMT
-        epoch = when.timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    return _finite(max(0.0, epoch - wall_now))
-
-
-def _reset_seconds(raw: str, wall_now: float) -> float | None:
-    number = _non_negative(raw)
-    if number is not None and number >= _EPOCH_MILLISECONDS:
-        return max(0.0, number / 1000.0 - wall_now)
-    if number is not None and number >= _EPOCH_SECONDS:
-        return max(0.0, number - wall_now)
-    return parse_duration(raw)
-
-
-_WAIT_HEADERS: tuple[tuple[str, Callable[[str, float], float | None]], ...] = (
-    ("retry-after-ms", _retry_after_ms),
-    ("retry-after", _retry_after),
-    ("x-ratelimit-reset-requests", _reset_seconds),
-    ("x-ratelimit-reset-tokens", _reset_seconds),
-)
-
-
-def _non_negative(raw: str) -> float | None:
-    text = raw.strip()
-    return _finite(float(text)) if _PLAIN_NUMBER.fullmatch(text) else None
-
-
-def _number(raw: str | None) -> float | None:
-    """A signed finite number, or None (a remaining count may come as `-1` when overdrawn)."""
-    if raw is None:
-        return None
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from proxy.breaker import Breaker, BreakerView
-from proxy.classify import KEY_FAILURES, MAX_COOLDOWN, PROVIDER_FAILURES, Outcome, Verdict
+from proxy.classify import KEY_FAILURES, PROVIDER_FAILURES, Outcome, Verdict
 from proxy.settings import Cooldown, Endpoint, Key, Provider, Rotation
+from proxy.waithint import MAX_COOLDOWN
 
 KEYLESS = "keyless"
 """The key name of a provider that sends no credential."""

@@ -11,17 +11,14 @@ from proxy.classify import (
     BAD_RESPONSE_VERDICT,
     CONNECT_ERROR_VERDICT,
     KEY_FAILURES,
-    MAX_COOLDOWN,
     PROVIDER_FAILURES,
     TIMEOUT_VERDICT,
     Outcome,
     Verdict,
     classify_response,
-    header,
     is_quota_exhausted,
-    parse_duration,
-    retry_after_seconds,
 )
+from proxy.waithint import MAX_COOLDOWN, header, parse_duration, retry_after_seconds
 
 NOW = 1_700_000_000.0
 
