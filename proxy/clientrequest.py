@@ -6,6 +6,7 @@ checks they make (SPEC §7, §8) are testable without a socket.
 
 from __future__ import annotations
 
+import hmac
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -85,6 +86,26 @@ def check_content_encoding(value: str | None) -> None:
         coding = coding.strip()
         if coding and coding.lower() != "identity":
             raise errors.unsupported_content_encoding(coding)
+
+
+def check_proxy_key(headers: Mapping[str, str], keys: tuple[bytes, ...]) -> None:
+    """Nothing when the request presents one of `keys` (or none are required), else a 401."""
+    if not keys:
+        return
+    token = presented_key(headers)
+    if token is None:
+        raise errors.invalid_api_key()
+    try:
+        presented = token.encode()
+    except UnicodeEncodeError:
+        # Header bytes that are not UTF-8 arrive as surrogate escapes: never one of our keys.
+        raise errors.invalid_api_key() from None
+    # Compare against every key without stopping early: timing reveals nothing.
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(presented, key)
+    if not matched:
+        raise errors.invalid_api_key()
 
 
 def parse_payload(body: bytes) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The HTTP front: a low-level `aiohttp.web.Server` with a small dispatch table.
 
-No router and no middleware chain: the path is looked up in a dict, then auth, body limits and
-JSON checks run inline, and routed requests go to `Forwarder`. Every answer carries
+No router and no middleware chain: the path is looked up in a dict, the proxy key and the
+JSON body are checked by `proxy.clientrequest`, the body read by `proxy.requestbody`, and
+routed requests go to `Forwarder`. Every answer carries
 `x-request-id`; every error the proxy makes is OpenAI-shaped JSON (SPEC §7, §8). An unexpected
 exception becomes a 500 naming the request id, with the traceback in the log only.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +26,7 @@ from proxy.errors import ProxyError
 from proxy.forward import Call, Forwarder
 from proxy.gateway import Gateway
 from proxy.observer import NullObserver, Observer
+from proxy.requestbody import read_body
 from proxy.requestlog import log_request, log_unrouted
 from proxy.sse import encode_event
 from proxy.status import render_status
@@ -38,11 +39,6 @@ log = logging.getLogger("proxy.server")
 # load balancers (60 s on many): whoever reuses a connection must be the one to give it up
 # first, or its next request races our close and fails.
 KEEPALIVE_SECONDS = 75.0
-# Longest silence allowed while a request body uploads (408 after it). Bounds the silence, not
-# the upload, so a large body on a slow link still gets through; a client quiet this long has
-# stalled, or is holding the connection open on purpose.
-BODY_SILENCE_SECONDS = 30.0
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 Handler = Callable[[BaseRequest, str], Awaitable[web.StreamResponse]]
 
@@ -73,7 +69,7 @@ class ProxyServer:
         self._idle.set()
         # The forwarder of the live gateway, built with it (it needs the session, hence start()).
         self._forwarder: Forwarder | None = None
-        self._api_keys = tuple(k.reveal().encode() for k in gateway.settings.server.api_keys)
+        self._api_keys = _proxy_keys(gateway)
         self._exact: dict[str, tuple[str, Handler]] = {
             "/healthz": ("GET", self._healthz),
             "/readyz": ("GET", self._readyz),
@@ -125,7 +121,7 @@ class ProxyServer:
     def swap(self, gateway: Gateway) -> None:
         """Serve new requests from `gateway`; requests in flight keep the one they started on."""
         self.gateway = gateway
-        self._api_keys = tuple(k.reveal().encode() for k in gateway.settings.server.api_keys)
+        self._api_keys = _proxy_keys(gateway)
         if self._session is not None:
             self._forwarder = self._new_forwarder(gateway)
 
@@ -234,64 +230,7 @@ class ProxyServer:
     # -- auth and input ------------------------------------------------------------------
 
     def _authorize(self, request: BaseRequest) -> None:
-        if not self._api_keys:
-            return
-        token = clientrequest.presented_key(request.headers)
-        if token is None:
-            raise errors.invalid_api_key()
-        try:
-            presented = token.encode()
-        except UnicodeEncodeError:
-            # Header bytes that are not UTF-8 arrive as surrogate escapes: never one of our keys.
-            raise errors.invalid_api_key() from None
-        # Compare against every key without stopping early: timing reveals nothing.
-        matched = False
-        for key in self._api_keys:
-            matched |= hmac.compare_digest(presented, key)
-        if not matched:
-            raise errors.invalid_api_key()
-
-    async def _read_body(self, request: BaseRequest) -> bytes:
-        clientrequest.check_content_encoding(request.headers.get("Content-Encoding"))
-        limit = self.gateway.settings.server.max_body_bytes
-        length = request.content_length
-        if length is not None and length > limit:
-            raise errors.body_too_large(limit)
-        content = request.content
-        # A body usually arrives whole with the headers: take it with no wait and no timer.
-        body = content.read_nowait()
-        if len(body) > limit:
-            raise errors.body_too_large(limit)
-        if content.at_eof():
-            return body
-        return await self._read_rest(request, body, limit)
-
-    async def _read_rest(self, request: BaseRequest, first: bytes, limit: int) -> bytes:
-        """The rest of a body still uploading, each wait bounded by `BODY_SILENCE_SECONDS`."""
-        if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == (
-            "100-continue"
-        ):
-            # The client waits for this before it sends the body (curl for a second, then
-            # sends anyway). Sent only now, so a 401 or 413 answer never invites the upload.
-            writer = request.writer
-            await writer.write(_CONTINUE)
-            writer.output_size = 0  # the interim answer is no part of the response's size
-        content = request.content
-        chunks = [first] if first else []
-        size = len(first)
-        silence = BODY_SILENCE_SECONDS
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(silence) as bound:
-                while chunk := await content.readany():
-                    bound.reschedule(loop.time() + silence)
-                    size += len(chunk)
-                    if size > limit:
-                        raise errors.body_too_large(limit)
-                    chunks.append(chunk)
-        except TimeoutError:
-            raise errors.request_timeout(silence) from None
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        clientrequest.check_proxy_key(request.headers, self._api_keys)
 
     # -- routed requests -----------------------------------------------------------------
 
@@ -305,7 +244,7 @@ class ProxyServer:
         route = ROUTES.get(api_path, "other")
         try:
             self._authorize(request)
-            body = await self._read_body(request)
+            body = await read_body(request, gateway.settings.server.max_body_bytes)
             payload = clientrequest.parse_payload(body)
         except ProxyError as exc:
             self._unrouted_done(request_id, route, exc.status, started)
@@ -436,6 +375,10 @@ def _model_owners(gateway: Gateway) -> dict[str, str]:
 
 def _model_object(model_id: str, owner: str) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": 0, "owned_by": owner}
+
+
+def _proxy_keys(gateway: Gateway) -> tuple[bytes, ...]:
+    return tuple(key.reveal().encode() for key in gateway.settings.server.api_keys)
 
 
 def _json(obj: Any, status: int = 200) -> web.Response:

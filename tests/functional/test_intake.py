@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy import server
+from proxy import requestbody, server
 from tests.fakes.upstream import FakeUpstream
 from tests.functional.scrape import Scrape
 from tests.harness import PROXY_KEY, ProxyFactory, ProxyHarness, chat, document, provider
@@ -181,7 +181,7 @@ async def test_an_identity_body_is_relayed(
 async def test_a_stalled_body_gets_408_and_the_connection_closes(
     upstream: FakeUpstream, make_proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(server, "BODY_SILENCE_SECONDS", 0.3)
+    monkeypatch.setattr(requestbody, "BODY_SILENCE_SECONDS", 0.3)
     proxy = await start(make_proxy, upstream)
     reader, writer = await connect(proxy)
     writer.write(request_head(length=100) + b'{"model": ')
@@ -202,7 +202,7 @@ async def test_a_slow_body_that_keeps_coming_is_read_to_the_end(
     upstream: FakeUpstream, make_proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The bound is on silence, not on the whole upload, which here takes ~3x the bound.
-    monkeypatch.setattr(server, "BODY_SILENCE_SECONDS", 0.3)
+    monkeypatch.setattr(requestbody, "BODY_SILENCE_SECONDS", 0.3)
     proxy = await start(make_proxy, upstream)
     reader, writer = await connect(proxy)
     writer.write(request_head())
