@@ -42,7 +42,7 @@ from proxy.classify import (
     classify_response,
 )
 from proxy.clientrequest import ROUTES
-from proxy.jsontext import loads, salvage
+from proxy.jsontext import loads, loads_or_none, salvage
 from proxy.settings import MAX_RESPONSE_BYTES
 from proxy.sse import DONE_DATA, SSEDecoder, SSEError, SSEEvent
 from proxy.streamstate import is_error_event
@@ -353,16 +353,8 @@ def _screen(event: SSEEvent, obj: Any) -> Verdict | None:
 def _accept(new: list[SSEEvent], events: list[SSEEvent], parsed: list[Any]) -> bool:
     """Append decoded events; True once a data event that answers has been seen."""
     for event in new:
-        if event.data == DONE_DATA:
-            events.append(event)
-            parsed.append(None)
-            continue
-        try:
-            obj = orjson.loads(event.data)
-        except orjson.JSONDecodeError:
-            obj = salvage(event.data)
         events.append(event)
-        parsed.append(obj)
+        parsed.append(None if event.data == DONE_DATA else loads_or_none(event.data))
     return any(obj is not None for obj in parsed)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["dumps", "dumps_refused", "loads", "loads_refused", "salvage"]
+__all__ = ["dumps", "dumps_refused", "loads", "loads_or_none", "loads_refused", "salvage"]
 
 
 def loads(data: bytes) -> Any:
@@ -41,6 +41,14 @@ def loads_refused(data: bytes) -> Any:
         return json.loads(data.decode(), parse_constant=_reject_constant, parse_float=_finite)
     except RecursionError as exc:
         raise ValueError("JSON nested too deeply") from exc
+
+
+def loads_or_none(data: bytes) -> Any:
+    """The JSON value of one event's data; None if it is not JSON (a malformed event)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return salvage(data)
 
 
 def salvage(data: bytes) -> Any:

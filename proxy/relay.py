@@ -21,8 +21,8 @@ from enum import StrEnum
 from typing import Any
 
 import aiohttp
-import orjson
 
+from proxy import jsontext
 from proxy.attempt import OpenStream
 from proxy.classify import (
     BAD_RESPONSE_VERDICT,
@@ -31,7 +31,7 @@ from proxy.classify import (
     Verdict,
 )
 from proxy.downstream import SSEResponse
-from proxy.jsontext import dumps_refused, salvage
+from proxy.jsontext import loads_or_none
 from proxy.sse import DONE, DONE_DATA, SSEError, SSEEvent, encode_event
 from proxy.streamstate import StreamKind, StreamTracker, is_error_event
 from proxy.timing import ReadTimer
@@ -188,7 +188,7 @@ class Relay:
             return
         tracker = self._tracker
         observe = tracker.observe
-        dumps = orjson.dumps
+        dumps = jsontext.dumps
         rewrites = self._drop_usage_chunk or self._skip_role_only or self._rewrite_id is not None
         written = 0
         for i, event in enumerate(events):
@@ -199,7 +199,7 @@ class Relay:
                     # `[DONE]` without a finish reason: the answer was cut, not completed.
                     self._cut, self._detail = Cut.TRUNCATED, "upstream ended before finishing"
                 break
-            obj = parsed[i] if parsed is not None else _loads(data)
+            obj = parsed[i] if parsed is not None else loads_or_none(data)
             if obj is None:
                 self.malformed += 1
                 continue
@@ -217,12 +217,9 @@ class Relay:
                     obj["id"] = self._rewrite_id
             try:
                 payload = dumps(obj)
-            except orjson.JSONEncodeError:
-                try:
-                    payload = dumps_refused(obj)
-                except ValueError:
-                    self.malformed += 1
-                    continue
+            except ValueError:  # nested past what even the stdlib writes
+                self.malformed += 1
+                continue
             if name is None:
                 # `encode_event` inlined: compact JSON holds no line break.
                 out.append(b"data: " + payload + b"\n\n")
@@ -230,13 +227,6 @@ class Relay:
                 out.append(encode_event(payload, name))
             written += 1
         self.events += written
-
-
-def _loads(data: bytes) -> Any:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return salvage(data)
 
 
 def _is_role_only_chunk(obj: Any) -> bool:
