@@ -192,20 +192,12 @@ class Forwarder:
                 # must end the stream as an error event, not leave it empty.
                 if not client.prepared:
                     raise
-                call.status = refused.status
-                await self._stream_error(client.response, call, refused)
-                return client.response  # type: ignore[return-value]
+                return await self._fail_started_stream(client, call, refused)
             if isinstance(outcome, Exhausted):
                 failure = exhausted_error(outcome, call.model, call.trail)
                 if not client.prepared:
                     return self._error_response(call, failure)
-                # Keepalives already sent the headers as 200; the request still failed, and
-                # is counted and logged with the status it would have had.
-                call.status = (
-                    failure.status if isinstance(failure, ProxyError) else failure.status or 502
-                )
-                await self._stream_error(client.response, call, failure)
-                return client.response  # type: ignore[return-value]
+                return await self._fail_started_stream(client, call, failure)
             opened, lease = outcome.result, outcome.lease
             self._won(call, outcome, opened.verdict, opened.ttfb)
             response = await client.commit(self._routing_headers(call))
@@ -304,6 +296,15 @@ class Forwarder:
         )
         await self._stream_error(response, call, failure)
 
+    async def _fail_started_stream(
+        self, client: ClientStream, call: Call, failure: ProxyError | Failed
+    ) -> web.StreamResponse:
+        """Keepalives already sent the headers as 200: the stream ends with the failure as an
+        error event, and the request is counted and logged with the status it would have had."""
+        call.status = _failure_status(failure)
+        await self._stream_error(client.response, call, failure)
+        return client.response  # type: ignore[return-value]
+
     async def _stream_error(
         self, response: SSEResponse | None, call: Call, failure: ProxyError | Failed
     ) -> None:
@@ -355,7 +356,7 @@ class Forwarder:
         headers = self._routing_headers(call)
         if isinstance(failure, Failed):
             # An upstream 4xx returned as it is (client error, context length), key scrubbed.
-            call.status = failure.status or 502
+            call.status = _failure_status(failure)
             if failure.headers is not None:
                 for name in ("Retry-After",):
                     value = failure.headers.get(name)
@@ -378,6 +379,11 @@ class Forwarder:
             content_type="application/json",
             headers=headers,
         )
+
+
+def _failure_status(failure: ProxyError | Failed) -> int:
+    # A `Failed` without a status never reached an HTTP answer: the gateway's 502.
+    return failure.status if isinstance(failure, ProxyError) else failure.status or 502
 
 
 def _tracker_for(call: Call) -> StreamTracker:
